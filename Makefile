@@ -1,0 +1,50 @@
+# sbkernels build and test entry points. `make test` and `make demo` install only what is missing.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+NVCC ?= nvcc
+CUDA_ARCHS ?= 80 90
+# module:requirement pairs; torch is pinned to the CPU wheel that this machine has on disk.
+DEPS := triton:triton numpy:numpy pytest:pytest hypothesis:hypothesis scipy:scipy \
+        pytest_benchmark:pytest-benchmark sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm ruff:ruff \
+        ninja:ninja
+
+.PHONY: all deps build lint test cuda-compile demo bench clean
+
+all: test
+
+deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	@missing=""; for dep in $(DEPS); do mod=$${dep%%:*}; req=$${dep#*:}; \
+	  $(PYTHON) -c "import $$mod" 2>/dev/null || missing="$$missing $$req"; done; \
+	  if [ -n "$$missing" ]; then echo "installing:$$missing"; $(PIP) install -q $$missing; fi
+
+build: deps
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+lint: deps
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+test: build lint
+	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q
+	$(MAKE) --no-print-directory cuda-compile
+
+# Compiles every pure-CUDA source for each arch in CUDA_ARCHS (no GPU needed).
+cuda-compile:
+	@if command -v $(NVCC) >/dev/null 2>&1; then \
+	  mkdir -p build/nvcc; \
+	  for src in $$(find csrc -name "*.cu"); do for arch in $(CUDA_ARCHS); do \
+	    echo "nvcc sm_$$arch $$src"; \
+	    $(NVCC) -std=c++17 -O3 -Werror all-warnings -gencode arch=compute_$$arch,code=sm_$$arch \
+	      -c $$src -o build/nvcc/$$(basename $$src .cu).sm_$$arch.o || exit 1; \
+	  done; done; \
+	else echo "nvcc not found: CUDA sources not compiled"; fi
+
+demo: build
+	$(PYTHON) -m sbkernels.demo
+
+bench: build
+	$(PYTHON) -m benchmarks.report
+
+clean:
+	rm -rf build sbkernels/*.so *.egg-info

@@ -1,0 +1,24 @@
+// Operator schemas of the sbkernels namespace and the Python module init of sbkernels._C.
+//
+// The selection ops (select_sb, ...) are Triton ops registered from Python into this same namespace as
+// library fragments; the ops defined here have C++ implementations in cpu/ and cuda/.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing sbkernels._C loads this library, which runs the TORCH_LIBRARY registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(sbkernels, m) {
+  // Appends sources[t][indices[:count]] to outputs[t] at row cursor[0] for every t in one launch and
+  // advances the cursor. cursor: int64 (4,) = [offset, overflow, invalid_indices, scratch]. Rows that do
+  // not fit below the outputs' capacity are not written and are added to cursor[1]; an index outside
+  // [0, N) keeps its slot, which is zero-filled and added to cursor[2]. count is read on the device.
+  m.def(
+      "gather_rows(Tensor[] sources, Tensor indices, Tensor count, Tensor(a!)[] outputs, Tensor(b!) cursor)"
+      " -> ()");
+}

@@ -1,0 +1,84 @@
+"""Argument checks run before any launch. They read tensor metadata only, so they never synchronize."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .state import SelectorState
+
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TARGET_DTYPES = (torch.int64, torch.int32)
+LOSS_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def check_state(state: SelectorState, device: torch.device, what: str) -> None:
+    if not isinstance(state, SelectorState):
+        raise TypeError(f"state must be a sbkernels.SelectorState, got {type(state).__name__}")
+    if state.device != device:
+        _fail(f"state lives on {state.device} but {what} is on {device}; create the state on the same device")
+
+
+def check_logits_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        raise TypeError("logits and targets must be tensors")
+    if logits.dim() != 2:
+        _fail(f"logits must be 2-D (N, C), got shape {tuple(logits.shape)}")
+    n, num_classes = logits.shape
+    if n < 1:
+        _fail("logits must have at least one row (N >= 1)")
+    if num_classes < 2:
+        _fail(f"logits must have at least 2 classes (C >= 2), got C = {num_classes}")
+    if logits.dtype not in LOGIT_DTYPES:
+        _fail(f"logits dtype must be float32, bfloat16 or float16, got {logits.dtype}")
+    if logits.stride(1) != 1:
+        _fail(f"logits must have unit stride along the class dim (stride(1) == 1), got strides {logits.stride()}")
+    if targets.dim() != 1 or targets.shape[0] != n:
+        _fail(f"targets must have shape ({n},) to match logits, got {tuple(targets.shape)}")
+    if targets.dtype not in TARGET_DTYPES:
+        _fail(f"targets dtype must be int64 or int32, got {targets.dtype}")
+    if targets.device != logits.device:
+        _fail(f"targets are on {targets.device} but logits are on {logits.device}")
+
+
+def check_losses(losses: torch.Tensor) -> None:
+    if not isinstance(losses, torch.Tensor):
+        raise TypeError("losses must be a tensor")
+    if losses.dim() != 1 or losses.shape[0] < 1:
+        _fail(f"losses must be 1-D with at least one element, got shape {tuple(losses.shape)}")
+    if losses.dtype not in LOSS_DTYPES:
+        _fail(f"losses dtype must be a floating type, got {losses.dtype}")
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_sb_params(beta: float, floor: float, prime: int, label_smoothing: float = 0.0) -> None:
+    if not _is_real(beta) or beta <= 0:
+        _fail(f"beta must be a finite number > 0, got {beta!r}")
+    if not _is_real(floor) or not 0.0 <= floor <= 1.0:
+        _fail(f"floor must be in [0, 1], got {floor!r}")
+    if isinstance(prime, bool) or not isinstance(prime, int) or prime < 0:
+        _fail(f"prime must be an int >= 0, got {prime!r}")
+    if not _is_real(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+        _fail(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+
+
+def check_backend(backend: str, device: torch.device) -> None:
+    if backend not in BACKENDS:
+        _fail(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton" and device.type == "cpu":
+        from .kernels.select_sb import interpreting
+
+        if not interpreting():
+            _fail(
+                "backend='triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
+                "before importing sbkernels (or use CUDA tensors)"
+            )

@@ -1,0 +1,1 @@
+"""Triton kernels. Each module holds one kernel family and its launcher; inputs are validated by callers."""

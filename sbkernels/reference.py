@@ -1,0 +1,181 @@
+"""Plain PyTorch reference of the "sb" selection op: the definition every kernel is tested against.
+
+Written with static shapes only (cumsum + scatter instead of ``nonzero`` or boolean indexing, no
+``.item()``), so it runs on CUDA tensors without a host sync and traces under ``torch.compile``.
+
+Per row i (SPEC section 2)::
+
+    loss_i = (1 - eps) * (lse_i - x_i[t_i]) + eps * (lse_i - mean_c x_i[c]),  lse_i = logsumexp_c x_i[c]
+    pct_i  = #{h in snapshot : h < loss_i} / n_hist          (1 when the history is empty)
+    p_i    = max(floor, pct_i ** beta), or 1 while pushed < prime
+    u_i    = tl.rand(seed, (step << 32) + i)                 (Philox4x32-10, reproduced bit for bit)
+    selected_i = valid_i and u_i < p_i
+
+``valid_i``: the row is not ignored, its target is in range and its loss is finite. Valid losses are pushed
+into the history ring in row order after ranking.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .state import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_SEED, META_STEP
+
+# Philox4x32 constants, as in triton.language.random.
+_PHILOX_KEY_A = 0x9E3779B9
+_PHILOX_KEY_B = 0xBB67AE85
+_PHILOX_ROUND_A = 0xD2511F53
+_PHILOX_ROUND_B = 0xCD9E8D57
+_PHILOX_ROUNDS = 10
+_U32 = 0xFFFFFFFF
+# Largest float32 s with (2**31 - 1) * s < 1 after rounding: Triton's uint32 -> [0, 1) scale.
+_UNIFORM_SCALE = 4.6566127342e-10
+MAX_INTEGER_BETA = 16
+
+
+def _mul_u32(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of the 64-bit product a * x, for a < 2**32 and x (int64) in [0, 2**32).
+
+    The product can exceed int64, so x is split into 16-bit halves; every partial stays below 2**49.
+    """
+    x_hi, x_lo = x >> 16, x & 0xFFFF
+    low_part = a * x_lo
+    mid = a * x_hi + (low_part >> 16)
+    return mid >> 16, ((mid & 0xFFFF) << 16) | (low_part & 0xFFFF)
+
+
+def philox_uniform(seed: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tensor:
+    """``tl.rand(seed, (step << 32) + i)`` for i in [0, n), bit for bit, as float32.
+
+    Triton splits the int64 offset into counter words c0 = low 32 bits (i) and c1 = high 32 bits (step),
+    keys the generator with the two halves of the seed, runs 10 Philox rounds, and maps the first output
+    word (as int32 x) to ``(x if x >= 0 else ~x) * scale`` in float32. ``seed`` and ``step`` are 0-d int64
+    tensors; nothing is read back to the host.
+    """
+    device = seed.device
+    c0 = torch.arange(n, dtype=torch.int64, device=device)
+    c1 = (step & _U32).expand(n)
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0 = seed & _U32
+    k1 = (seed >> 32) & _U32
+    for _ in range(_PHILOX_ROUNDS):
+        hi_b, lo_b = _mul_u32(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul_u32(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _PHILOX_KEY_A) & _U32
+        k1 = (k1 + _PHILOX_KEY_B) & _U32
+    as_int32 = torch.where(c0 >= 2**31, c0 - 2**32, c0)
+    folded = torch.where(as_int32 < 0, -as_int32 - 1, as_int32)
+    return folded.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=device)
+
+
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy in float32 math.
+
+    Returns ``(loss, ignored, bad)``: ignored rows (target == ignore_index) get loss 0; rows whose target is
+    outside [0, C) get NaN and are flagged in ``bad``.
+    """
+    x = logits.float()
+    num_classes = x.shape[1]
+    t = targets.long()
+    ignored = t == ignore_index
+    bad = ~ignored & ((t < 0) | (t >= num_classes))
+    lse = torch.logsumexp(x, dim=1)
+    x_target = x.gather(1, t.clamp(0, num_classes - 1).unsqueeze(1)).squeeze(1)
+    loss = lse - x_target
+    if label_smoothing > 0:
+        loss = (1 - label_smoothing) * loss + label_smoothing * (lse - x.mean(dim=1))
+    loss = torch.where(ignored, torch.zeros_like(loss), loss)
+    loss = torch.where(bad, torch.full_like(loss, float("nan")), loss)
+    return loss, ignored, bad
+
+
+def integer_beta(beta: float) -> int:
+    """beta as an int when it is a whole number in [1, MAX_INTEGER_BETA], else 0.
+
+    Whole powers are computed by repeated multiplication, which is exact IEEE arithmetic everywhere, so the
+    kernel and this reference agree bit for bit; other powers go through exp2/log2.
+    """
+    return int(beta) if float(beta).is_integer() and 1 <= beta <= MAX_INTEGER_BETA else 0
+
+
+def selection_probability(pct: torch.Tensor, beta: float, floor: float) -> torch.Tensor:
+    """``max(floor, pct ** beta)`` in float32, computed the way the kernel does."""
+    whole = integer_beta(beta)
+    if whole:
+        p = pct
+        for _ in range(whole - 1):
+            p = p * pct
+    else:
+        p = torch.exp2(beta * torch.log2(pct))
+    return torch.clamp_min(p, floor)
+
+
+def compact(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order-preserving stream compaction: (indices with -1 padding, 0-d int32 count)."""
+    n = selected.numel()
+    sel = selected.long()
+    slot = torch.where(selected, torch.cumsum(sel, 0) - 1, n)  # unselected rows go to a spill slot
+    out = torch.full((n + 1,), -1, dtype=torch.int64, device=selected.device)
+    out.scatter_(0, slot, torch.arange(n, dtype=torch.int64, device=selected.device))
+    return out[:n].clone(), sel.sum().to(torch.int32)
+
+
+def percentile(loss: torch.Tensor, history: torch.Tensor, n_hist: torch.Tensor) -> torch.Tensor:
+    """``#{h in history[:n_hist] : h < loss_i} / n_hist`` per row, 1 where the history is empty."""
+    size = history.numel()
+    live = torch.arange(size, device=history.device) < n_hist
+    ordered = torch.sort(torch.where(live, history, torch.full_like(history, float("inf")))).values
+    # searchsorted(side="left") counts entries strictly below loss_i; padding (+inf) never counts.
+    below = torch.searchsorted(ordered, loss.contiguous(), side="left").clamp_max(n_hist)
+    denominator = n_hist.clamp_min(1).to(torch.float32)
+    return torch.where(n_hist > 0, below.to(torch.float32) / denominator, torch.ones_like(loss))
+
+
+def select_sb(
+    loss: torch.Tensor,
+    ignored: torch.Tensor,
+    bad: torch.Tensor,
+    history: torch.Tensor,
+    meta: torch.Tensor,
+    beta: float = 1.0,
+    floor: float = 0.0,
+    prime: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Policy "sb" on given per-row losses; updates ``history`` and ``meta`` in place.
+
+    Returns ``(indices, count, loss, prob)`` as documented on :class:`sbkernels.Selection`.
+    """
+    loss = loss.float()
+    n, size = loss.numel(), history.numel()
+    pushed, step, seed = meta[META_PUSHED], meta[META_STEP], meta[META_SEED]
+    finite = torch.isfinite(loss)
+    valid = ~ignored & ~bad & finite
+
+    n_hist = pushed.clamp_max(size)
+    prob = selection_probability(percentile(loss, history, n_hist), beta, floor)
+    prob = torch.where(pushed < prime, torch.ones_like(prob), prob)
+    prob = torch.where(valid, prob, torch.zeros_like(prob))
+    selected = valid & (philox_uniform(seed, step, n).to(loss.device) < prob)
+    indices, count = compact(selected)
+
+    # Push the valid losses in row order; of more than R, only the last R land (each slot written once).
+    valid_long = valid.long()
+    rank = torch.cumsum(valid_long, 0) - valid_long
+    n_valid = valid_long.sum()
+    push = valid & (rank >= n_valid - size)
+    slot = torch.where(push, (pushed + rank) % size, size)
+    ring = torch.cat([history, history.new_zeros(1)])
+    ring.scatter_(0, slot, torch.where(push, loss, torch.zeros_like(loss)))
+    history.copy_(ring[:size])
+
+    counters = torch.zeros_like(meta)
+    counters[META_PUSHED] = n_valid
+    counters[META_STEP] = 1
+    counters[META_NONFINITE] = (~ignored & ~bad & ~finite).sum()
+    counters[META_BAD_TARGETS] = bad.sum()
+    meta.add_(counters)
+    return indices, count, loss, prob

@@ -1,0 +1,112 @@
+"""Device-resident state of the "sb" selection policy.
+
+Everything the selection op reads and advances lives in two tensors on the device, so a call never has to
+ask the host for anything:
+
+- ``history`` (R,) float32: ring buffer of the most recent valid losses. The k-th loss ever pushed (0-based)
+  lives at ``history[k % R]``.
+- ``meta`` (8,) int64: counters, addressed by the ``META_*`` slots below. ``pushed``, ``rng`` (``[seed,
+  step]``) and ``step`` are views into it, so the op updates them in place and CUDA graphs that captured
+  them stay valid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+META_PUSHED = 0  # losses ever pushed into the history
+META_SEED = 1  # Philox seed
+META_STEP = 2  # calls made so far: the high 32 bits of every Philox offset
+META_NONFINITE = 3  # rows whose loss was NaN or +-inf (never selected, never pushed)
+META_BAD_TARGETS = 4  # rows whose target was outside [0, C) and not ignore_index
+META_TICKET = 5  # kernel scratch: (valid losses << 32) | finished programs; 0 between calls
+META_SIZE = 8
+
+_STATE_DICT_VERSION = 1
+
+
+class SelectorState:
+    """History ring buffer, Philox seed/step and error counters for :func:`sbkernels.select`.
+
+    Args:
+        history_size: R, the number of recent losses each new loss is ranked against (R >= 1).
+        seed: Philox seed; same inputs and same seed select the same rows, on CPU and GPU.
+        device: where the state lives; it must match the device of the logits passed to ``select``.
+    """
+
+    def __init__(self, history_size: int = 1024, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
+            raise ValueError(f"history_size must be an int >= 1, got {history_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
+            raise ValueError(f"seed must be an int that fits in int64, got {seed!r}")
+        self.history = torch.zeros(history_size, dtype=torch.float32, device=device)
+        self.meta = torch.zeros(META_SIZE, dtype=torch.int64, device=device)
+        self.meta[META_SEED] = seed
+
+    # Views into ``meta``: reading them never synchronizes; ``int(state.pushed)`` does.
+    @property
+    def pushed(self) -> torch.Tensor:
+        return self.meta[META_PUSHED]
+
+    @property
+    def rng(self) -> torch.Tensor:
+        return self.meta[META_SEED : META_STEP + 1]
+
+    @property
+    def step(self) -> torch.Tensor:
+        return self.meta[META_STEP]
+
+    @property
+    def nonfinite_count(self) -> torch.Tensor:
+        return self.meta[META_NONFINITE]
+
+    @property
+    def bad_target_count(self) -> torch.Tensor:
+        return self.meta[META_BAD_TARGETS]
+
+    @property
+    def history_size(self) -> int:
+        return self.history.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.history.device
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if any earlier call saw targets outside ``[0, C)``.
+
+        Reads a device counter, so it synchronizes: call it when convenient (every N steps, at epoch end),
+        or pass ``validate=True`` to ``select``. The counter is reset when it is reported.
+        """
+        bad = int(self.meta[META_BAD_TARGETS])
+        if bad:
+            self.meta[META_BAD_TARGETS] = 0
+            raise ValueError(
+                f"{bad} row(s) had a target outside [0, num_classes) that was not ignore_index; "
+                "they were never selected and never entered the history"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        meta = self.meta.detach().clone()
+        meta[META_TICKET] = 0
+        return {"version": _STATE_DICT_VERSION, "history": self.history.detach().clone(), "meta": meta}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Copy a saved state in place (the tensors keep their identity and device)."""
+        if state_dict.get("version") != _STATE_DICT_VERSION:
+            raise ValueError(f"unsupported SelectorState state_dict version {state_dict.get('version')!r}")
+        history, meta = state_dict["history"], state_dict["meta"]
+        if history.shape != self.history.shape:
+            raise ValueError(
+                f"history_size mismatch: saved {tuple(history.shape)}, this state {tuple(self.history.shape)}"
+            )
+        if meta.shape != self.meta.shape:
+            raise ValueError(f"meta shape mismatch: saved {tuple(meta.shape)}, expected {tuple(self.meta.shape)}")
+        self.history.copy_(history)
+        self.meta.copy_(meta)
+        self.meta[META_TICKET] = 0
+
+    def __repr__(self) -> str:
+        return f"SelectorState(history_size={self.history_size}, device={self.device})"

@@ -1,0 +1,29 @@
+"""Builds sbkernels._C: the gather_rows op (CPU always; CUDA when torch has CUDA and nvcc is found).
+
+pip install -e . --no-build-isolation         # uses the torch already installed
+SBKERNELS_NO_CUDA=1 pip install -e . ...      # CPU-only build even with a CUDA torch
+"""
+
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+CPU_SOURCES = ["csrc/sbkernels.cpp", "csrc/cpu/gather_rows_cpu.cpp"]
+CUDA_SOURCES = ["csrc/cuda/gather_rows_kernel.cu", "csrc/cuda/gather_rows_cuda.cpp"]
+CXX_FLAGS = ["-O3", "-std=c++17"]
+
+
+def extension():
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("SBKERNELS_NO_CUDA") != "1"
+    if with_cuda:
+        return CUDAExtension(
+            "sbkernels._C",
+            CPU_SOURCES + CUDA_SOURCES,
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17"]},
+        )
+    return CppExtension("sbkernels._C", CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS})
+
+
+setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})

@@ -1,0 +1,49 @@
+"""Shared test helpers: random inputs and the selection-equality checks."""
+
+from __future__ import annotations
+
+import torch
+
+from sbkernels import reference
+
+
+def random_logits(n: int, num_classes: int, dtype: torch.dtype, device: str, gen: torch.Generator) -> torch.Tensor:
+    scale = float(torch.empty(()).uniform_(0.5, 6.0, generator=gen))
+    return (torch.randn(n, num_classes, generator=gen) * scale).to(dtype).to(device)
+
+
+def random_targets(n: int, num_classes: int, ignore_frac: float, gen: torch.Generator) -> torch.Tensor:
+    t = torch.randint(0, num_classes, (n,), generator=gen)
+    t[torch.rand(n, generator=gen) < ignore_frac] = -100
+    return t
+
+
+def loss_tolerance(logits: torch.Tensor) -> float:
+    """float32 rounding of lse - x_t: a few ulps of the largest magnitude involved."""
+    return 4e-6 * (1.0 + float(logits.float().abs().max()))
+
+
+def uniforms(state_meta_before: torch.Tensor, n: int) -> torch.Tensor:
+    return reference.philox_uniform(state_meta_before[1].cpu(), state_meta_before[2].cpu(), n)
+
+
+def assert_same_selection(got, want, u: torch.Tensor, exact: bool) -> None:
+    """Indices/count/prob agree; with ``exact=False`` rows whose u lies within float32 rounding of p may differ."""
+    got_idx, want_idx = got.indices.cpu(), want.indices.cpu()
+    if exact:
+        assert torch.equal(got.prob.cpu(), want.prob.cpu())
+        assert torch.equal(got_idx, want_idx)
+        assert int(got.count) == int(want.count)
+        return
+    torch.testing.assert_close(got.prob.cpu(), want.prob.cpu(), rtol=4e-6, atol=1e-7)
+    n = got_idx.numel()
+
+    def mask(idx, count):
+        m = torch.zeros(n, dtype=torch.bool)
+        m[idx[: int(count)]] = True
+        assert torch.all(idx[int(count) :] == -1)
+        return m
+
+    differ = mask(got_idx, got.count) ^ mask(want_idx, want.count)
+    close = (u - want.prob.cpu()).abs() <= 4e-6 * want.prob.cpu().abs() + 1e-7
+    assert not torch.any(differ & ~close), f"rows {torch.nonzero(differ & ~close).flatten().tolist()} differ"
