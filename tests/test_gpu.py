@@ -136,3 +136,85 @@ def test_more_than_2_to_the_31_logits():
         cpu.meta, 2.0, 0.0, 0,
     )  # fmt: skip
     assert_same_selection(sel, sbkernels.Selection(*ref), uniforms(meta_before, n), exact=True)
+
+
+def test_pool_push_and_ready_batches_never_synchronize():
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    state = sbkernels.SelectorState(1024, device="cuda")
+    pool = sbkernels.SelectionPool(128)
+    images = torch.randn(256, 3, 32, 32, device="cuda", generator=gen)
+    labels = torch.randint(0, 10, (256,), device="cuda", generator=gen)
+    logits = torch.randn(256, 10, device="cuda", generator=gen)
+    taken = selected = 0
+    for _ in range(3):  # warm-up: compile, allocate buffers and pinned readback slots
+        sel = sbkernels.select(logits, labels, state)
+        selected += int(sel.count)
+        pool.push(sel, images, labels)
+        taken += sum(b[0].shape[0] for b in pool.ready_batches())
+    torch.cuda.synchronize()
+    counts = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(30):
+            sel = sbkernels.select(logits, labels, state, beta=1.0)
+            pool.push(sel, images, labels)
+            counts.append(sel.count)
+            for x, _y in pool.ready_batches():
+                x.mul_(1.0)  # stand-in for the backward pass on the batch
+                taken += x.shape[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    selected += int(torch.stack(counts).sum())
+    taken += sum(b[0].shape[0] for b in pool.ready_batches(sync=True))
+    rest = pool.flush()
+    taken += 0 if rest is None else rest[0].shape[0]
+    assert taken == selected
+    pool.check()
+
+
+def test_select_and_gather_in_one_cuda_graph():
+    from sbkernels.gather import gather_rows, new_cursor
+
+    n, num_classes = 300, 10
+    gen = torch.Generator().manual_seed(6)
+    static_logits = torch.zeros(n, num_classes, device="cuda")
+    static_targets = torch.zeros(n, dtype=torch.int64, device="cuda")
+    static_images = torch.zeros(n, 3, 16, 16, device="cuda", dtype=torch.bfloat16)
+    out_images = torch.empty(n, 3, 16, 16, device="cuda", dtype=torch.bfloat16)
+    out_targets = torch.empty(n, dtype=torch.int64, device="cuda")
+    cursor = new_cursor("cuda")
+    state = sbkernels.SelectorState(128, seed=9, device="cuda")
+    start = state.state_dict()
+
+    def step():
+        sel = sbkernels.select(static_logits, static_targets, state)
+        gather_rows([static_images, static_targets], sel.indices, sel.count, [out_images, out_targets], cursor)
+        return sel
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sel = step()
+    state.load_state_dict(start)
+
+    cpu = sbkernels.SelectorState(128, seed=9)
+    for _ in range(4):
+        logits = torch.randn(n, num_classes, generator=gen)
+        targets = torch.randint(0, num_classes, (n,), generator=gen)
+        images = torch.randn(n, 3, 16, 16, generator=gen).to(torch.bfloat16)
+        static_logits.copy_(logits)
+        static_targets.copy_(targets)
+        static_images.copy_(images)
+        cursor.zero_()
+        graph.replay()
+        no_rows = torch.zeros(n, dtype=torch.bool)
+        want = reference.select_sb(sel.loss.cpu().clone(), no_rows, no_rows, cpu.history, cpu.meta, 1.0, 0.0, 0)
+        rows = want[0][: int(want[1])]
+        assert torch.equal(sel.indices.cpu(), want[0])
+        assert int(cursor[0]) == rows.numel()
+        assert torch.equal(out_images[: rows.numel()].cpu(), images[rows])
+        assert torch.equal(out_targets[: rows.numel()].cpu(), targets[rows])

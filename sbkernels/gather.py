@@ -1,0 +1,48 @@
+"""Python face of the C++/CUDA ``sbkernels::gather_rows`` op: fake implementation and a typed wrapper."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers the op)
+except ImportError as error:  # pragma: no cover - exercised only on an unbuilt checkout
+    raise ImportError(
+        "sbkernels._C is not built: run `pip install -e . --no-build-isolation` (or `make build`) in the "
+        "sbkernels checkout"
+    ) from error
+
+CURSOR_OFFSET, CURSOR_OVERFLOW, CURSOR_INVALID = 0, 1, 2
+CURSOR_SIZE = 4
+
+
+@torch.library.register_fake("sbkernels::gather_rows")
+def _gather_rows_fake(sources, indices, count, outputs, cursor) -> None:
+    torch._check(len(sources) == len(outputs), lambda: "gather_rows: one output per source")
+    return None
+
+
+def new_cursor(device: torch.device | str) -> Tensor:
+    """A zeroed cursor: int64 ``[offset, overflow, invalid_indices, scratch]`` on ``device``."""
+    return torch.zeros(CURSOR_SIZE, dtype=torch.int64, device=device)
+
+
+def gather_rows(
+    sources: Sequence[Tensor], indices: Tensor, count: Tensor, outputs: Sequence[Tensor], cursor: Tensor
+) -> None:
+    """Append ``src[indices[:count]]`` to each output at row ``cursor[0]``, in one launch, without a sync.
+
+    Args:
+        sources: tensors with the same leading dim N; any dtype, any trailing shape, any strides.
+        indices: (K,) int64/int32 row indices (e.g. ``Selection.indices``).
+        count: 0-d int32/int64 on the device: how many of ``indices`` to take (e.g. ``Selection.count``).
+        outputs: contiguous tensors, one per source, with the source's trailing shape and dtype and the
+            same leading dim M (the capacity).
+        cursor: int64 (4,) from :func:`new_cursor`. ``cursor[0]`` advances by the rows written; rows that
+            do not fit below M are added to ``cursor[1]`` (never written); indices outside [0, N) get a
+            zero row and are added to ``cursor[2]``.
+    """
+    torch.ops.sbkernels.gather_rows(list(sources), indices, count, list(outputs), cursor)

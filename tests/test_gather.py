@@ -1,0 +1,147 @@
+"""gather_rows (C++ CPU, CUDA on the device) against torch.index_select."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sbkernels.gather import CURSOR_INVALID, CURSOR_OFFSET, CURSOR_OVERFLOW, gather_rows, new_cursor
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool]
+TRAILING = [(), (1,), (7,), (3, 28, 28), (2, 3, 5)]
+
+
+def random_tensor(shape, dtype, device, gen):
+    if dtype == torch.bool:
+        return (torch.rand(shape, generator=gen) < 0.5).to(device)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype).to(device)
+    return torch.randint(0, 250, shape, generator=gen).to(dtype).to(device)
+
+
+def poisoned_like(t: torch.Tensor, rows: int) -> torch.Tensor:
+    out = torch.empty((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    if t.dtype == torch.bool:
+        return out.fill_(True)
+    return out.fill_(77)
+
+
+def selection(n, gen, frac, device):
+    chosen = torch.nonzero(torch.rand(n, generator=gen) < frac).flatten()
+    indices = torch.full((n,), -1, dtype=torch.int64)
+    indices[: chosen.numel()] = chosen
+    return indices.to(device), torch.tensor(chosen.numel(), dtype=torch.int32, device=device), chosen.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("trailing", TRAILING, ids=str)
+def test_gather_matches_index_select(device, dtype, trailing):
+    gen = torch.Generator().manual_seed(len(trailing) * 31 + DTYPES.index(dtype))
+    n, capacity = 53, 80
+    sources = [random_tensor((n, *trailing), dtype, device, gen), random_tensor((n,), torch.int64, device, gen)]
+    outputs = [poisoned_like(s, capacity) for s in sources]
+    out_copies = [o.clone() for o in outputs]
+    cursor = new_cursor(device)
+    cursor[CURSOR_OFFSET] = 5
+    indices, count, chosen = selection(n, gen, 0.4, device)
+    gather_rows(sources, indices, count, outputs, cursor)
+    k = chosen.numel()
+    for src, out, before in zip(sources, outputs, out_copies, strict=True):
+        assert torch.equal(out[5 : 5 + k], torch.index_select(src, 0, chosen))
+        assert torch.equal(out[:5], before[:5]) and torch.equal(out[5 + k :], before[5 + k :])  # nothing else written
+    assert cursor.tolist()[:3] == [5 + k, 0, 0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_sources(device):
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(40, 3, 28, 28, generator=gen).to(device)
+    sources = [
+        base[::2],  # strided rows, contiguous inside
+        base.permute(0, 2, 3, 1),  # non-contiguous inside the row
+        base.to(memory_format=torch.channels_last),  # same shape, channels_last strides
+        base[:, 1, :, ::3],  # sliced trailing dims
+        torch.randn(20, 9, generator=gen).to(device).t()[:, ::2],  # transposed: stride(0) == 1
+    ]
+    sources = [s[:5] for s in sources]
+    outputs = [poisoned_like(s, 6) for s in sources]
+    cursor = new_cursor(device)
+    indices = torch.tensor([4, 0, 2, 2, -1], device=device)
+    gather_rows(sources, indices, torch.tensor(4, device=device), outputs, cursor)
+    for src, out in zip(sources, outputs, strict=True):
+        assert torch.equal(out[:4], src[[4, 0, 2, 2]])
+    assert int(cursor[CURSOR_OFFSET]) == 4
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_count_zero_and_count_n_and_overflow(device):
+    gen = torch.Generator().manual_seed(2)
+    src = random_tensor((10, 4), torch.float32, device, gen)
+    out = poisoned_like(src, 12)
+    cursor = new_cursor(device)
+    all_rows = torch.arange(10, device=device)
+    gather_rows([src], all_rows, torch.tensor(0, device=device), [out], cursor)
+    assert cursor.tolist()[:3] == [0, 0, 0] and torch.all(out == 77)
+    gather_rows([src], all_rows, torch.tensor(10, device=device), [out], cursor)
+    assert torch.equal(out[:10], src) and int(cursor[CURSOR_OFFSET]) == 10
+    gather_rows([src], all_rows.flip(0), torch.tensor(5, dtype=torch.int64, device=device), [out], cursor)
+    # Only 2 of 5 fit: rows 9 and 8 land, 3 rows are counted as overflow and never written.
+    assert torch.equal(out[10:], src[[9, 8]])
+    assert cursor.tolist()[:3] == [12, 3, 0]
+    gather_rows([src], all_rows, torch.tensor(4, device=device), [out], cursor)
+    assert cursor.tolist()[:3] == [12, 7, 0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_invalid_indices_are_zero_filled_and_counted(device):
+    src = torch.arange(1, 13, dtype=torch.float32, device=device).reshape(6, 2)
+    out = torch.full((4, 2), 9.0, device=device)
+    cursor = new_cursor(device)
+    indices = torch.tensor([1, 6, -3, 0], dtype=torch.int32, device=device)
+    gather_rows([src], indices, torch.tensor(4, device=device), [out], cursor)
+    assert out.tolist() == [[3.0, 4.0], [0.0, 0.0], [0.0, 0.0], [1.0, 2.0]]
+    assert cursor.tolist()[:3] == [4, 0, 2] and int(cursor[CURSOR_INVALID]) == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_tensors_than_one_launch_holds(device):
+    gen = torch.Generator().manual_seed(3)
+    sources = [random_tensor((9, i + 1), torch.float32, device, gen) for i in range(11)]
+    outputs = [poisoned_like(s, 9) for s in sources]
+    cursor = new_cursor(device)
+    indices, count, chosen = selection(9, gen, 0.6, device)
+    gather_rows(sources, indices, count, outputs, cursor)
+    for src, out in zip(sources, outputs, strict=True):
+        assert torch.equal(out[: chosen.numel()], src[chosen])
+    assert int(cursor[CURSOR_OFFSET]) == chosen.numel() and int(cursor[CURSOR_OVERFLOW]) == 0
+
+
+def test_bad_arguments_raise():
+    src, out, cursor = torch.zeros(4, 3), torch.zeros(5, 3), new_cursor("cpu")
+    idx, count = torch.arange(4), torch.tensor(2)
+    cases = [
+        (([src], idx, count, [out, out], cursor), "sources but"),
+        (([src], idx, count, [torch.zeros(5, 4)], cursor), "rows have shape"),
+        (([src], idx, count, [torch.zeros(5, 3, dtype=torch.float64)], cursor), "Double"),
+        (([src], idx, count, [torch.zeros(3, 5).t()], cursor), "contiguous"),
+        (([src], idx.float(), count, [out], cursor), "indices must be int64"),
+        (([src], idx, count.reshape(1), [out], cursor), "count must be a 0-d"),
+        (([src], idx, count, [out], torch.zeros(3, dtype=torch.int64)), "cursor must be"),
+        (([src, torch.zeros(5, 3)], idx, count, [out, out], cursor), "same leading dim"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            gather_rows(*args)
+
+
+def test_opcheck_gather_rows():
+    gen = torch.Generator().manual_seed(4)
+    for device in DEVICES:
+        sources = [random_tensor((8, 3), torch.float32, device, gen), random_tensor((8,), torch.int64, device, gen)]
+        outputs = [torch.zeros(10, 3, device=device), torch.zeros(10, dtype=torch.int64, device=device)]
+        indices, count, _ = selection(8, gen, 0.5, device)
+        torch.library.opcheck(
+            torch.ops.sbkernels.gather_rows.default, (sources, indices, count, outputs, new_cursor(device))
+        )
