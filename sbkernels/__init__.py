@@ -11,10 +11,23 @@ Quick start::
 """
 
 from .ops import select, select_losses
+from .policies import select_importance, select_keep, select_uniform
 from .selection import Selection
 from .state import SelectorState
 
-__all__ = ["Selection", "SelectionPool", "SelectorState", "gather_rows", "select", "select_losses"]
+__all__ = [
+    "BackwardBatch",
+    "Selection",
+    "SelectionPool",
+    "SelectiveBackprop",
+    "SelectorState",
+    "gather_rows",
+    "select",
+    "select_importance",
+    "select_keep",
+    "select_losses",
+    "select_uniform",
+]
 
 
 def __getattr__(name: str):
@@ -24,6 +37,10 @@ def __getattr__(name: str):
         from .pool import SelectionPool
 
         return SelectionPool
+    if name in ("SelectiveBackprop", "BackwardBatch"):
+        from . import trainer
+
+        return getattr(trainer, name)
     if name == "gather_rows":
         from .gather import gather_rows
 

@@ -39,29 +39,38 @@ def _select_sb(
     prime: int,
     ignore_index: int,
     label_smoothing: float,
+    fixed_prob: float,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if _use_triton(logits.device, backend):
         return launch_select_sb(
             logits, targets, None, history, meta, beta, reference.integer_beta(beta), floor, prime,
-            ignore_index, label_smoothing,
+            ignore_index, label_smoothing, fixed_prob,
         )  # fmt: skip
     loss, ignored, bad = reference.cross_entropy(logits, targets, ignore_index, label_smoothing)
-    return reference.select_sb(loss, ignored, bad, history, meta, beta, floor, prime)
+    return reference.select_sb(loss, ignored, bad, history, meta, beta, floor, prime, fixed_prob)
 
 
 @torch.library.triton_op("sbkernels::select_sb_losses", mutates_args={"history", "meta"})
 def _select_sb_losses(
-    losses: Tensor, history: Tensor, meta: Tensor, beta: float, floor: float, prime: int, backend: str
+    losses: Tensor,
+    history: Tensor,
+    meta: Tensor,
+    beta: float,
+    floor: float,
+    prime: int,
+    fixed_prob: float,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if _use_triton(losses.device, backend):
         return launch_select_sb(
-            None, None, losses, history, meta, beta, reference.integer_beta(beta), floor, prime, -100, 0.0
-        )
+            None, None, losses, history, meta, beta, reference.integer_beta(beta), floor, prime, -100, 0.0,
+            fixed_prob,
+        )  # fmt: skip
     no_rows = torch.zeros(losses.shape, dtype=torch.bool, device=losses.device)
     # The loss output must not alias the input (custom-op rule), hence the copy.
     loss = losses.to(torch.float32, copy=True)
-    return reference.select_sb(loss, no_rows, no_rows, history, meta, beta, floor, prime)
+    return reference.select_sb(loss, no_rows, no_rows, history, meta, beta, floor, prime, fixed_prob)
 
 
 def _resolve_backend(backend: str | None, device: torch.device) -> str:
@@ -111,7 +120,7 @@ def select(
     backend = _resolve_backend(backend, logits.device)
     indices, count, loss, prob = torch.ops.sbkernels.select_sb(
         logits, targets, state.history, state.meta, float(beta), float(floor), prime, ignore_index,
-        float(label_smoothing), backend,
+        float(label_smoothing), -1.0, backend,
     )  # fmt: skip
     if validate:
         state.check()
@@ -136,6 +145,6 @@ def select_losses(
     _checks.check_sb_params(beta, floor, prime)
     backend = _resolve_backend(backend, losses.device)
     indices, count, loss, prob = torch.ops.sbkernels.select_sb_losses(
-        losses, state.history, state.meta, float(beta), float(floor), prime, backend
+        losses, state.history, state.meta, float(beta), float(floor), prime, -1.0, backend
     )
     return Selection(indices, count, loss, prob, None)

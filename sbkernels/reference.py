@@ -144,8 +144,12 @@ def select_sb(
     beta: float = 1.0,
     floor: float = 0.0,
     prime: int = 0,
+    fixed_prob: float = -1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Policy "sb" on given per-row losses; updates ``history`` and ``meta`` in place.
+
+    ``fixed_prob >= 0`` replaces the percentile rule by that constant (policy "uniform"); the draw,
+    compaction and history push are the same.
 
     Returns ``(indices, count, loss, prob)`` as documented on :class:`sbkernels.Selection`.
     """
@@ -155,9 +159,11 @@ def select_sb(
     finite = torch.isfinite(loss)
     valid = ~ignored & ~bad & finite
 
-    n_hist = pushed.clamp_max(size)
-    prob = selection_probability(percentile(loss, history, n_hist), beta, floor)
-    prob = torch.where(pushed < prime, torch.ones_like(prob), prob)
+    if fixed_prob >= 0:
+        prob = torch.full_like(loss, fixed_prob)
+    else:
+        prob = selection_probability(percentile(loss, history, pushed.clamp_max(size)), beta, floor)
+        prob = torch.where(pushed < prime, torch.ones_like(prob), prob)
     prob = torch.where(valid, prob, torch.zeros_like(prob))
     selected = valid & (philox_uniform(seed, step, n).to(loss.device) < prob)
     indices, count = compact(selected)
@@ -179,3 +185,37 @@ def select_sb(
     counters[META_BAD_TARGETS] = bad.sum()
     meta.add_(counters)
     return indices, count, loss, prob
+
+
+def importance_score(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """``||softmax(x_i) - onehot(t_i)||_2`` per row in float32 (0 for ignored rows, NaN for bad targets).
+
+    Written as ``sqrt((sum_{c != t} p_c)^2 + sum_{c != t} p_c^2)``: no cancellation when p_t is near 1.
+    """
+    x = logits.float()
+    num_classes = x.shape[1]
+    t = targets.long()
+    ignored = t == ignore_index
+    bad = ~ignored & ((t < 0) | (t >= num_classes))
+    p = torch.softmax(x, dim=1)
+    other = p.scatter(1, t.clamp(0, num_classes - 1).unsqueeze(1), 0.0)
+    score = torch.sqrt(other.sum(dim=1) ** 2 + (other * other).sum(dim=1))
+    score = torch.where(ignored, torch.zeros_like(score), score)
+    return torch.where(bad, torch.full_like(score, float("nan")), score)
+
+
+def row_stats(
+    logits: torch.Tensor | None,
+    targets: torch.Tensor | None,
+    losses: torch.Tensor | None,
+    meta: torch.Tensor,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, importance score, Philox uniform) per row: what the row-stats kernel computes."""
+    if logits is not None:
+        loss = cross_entropy(logits, targets, ignore_index)[0]
+        score = importance_score(logits, targets, ignore_index)
+    else:
+        loss = losses.to(torch.float32, copy=True)
+        score = torch.zeros_like(loss)
+    return loss, score, philox_uniform(meta[META_SEED], meta[META_STEP], loss.numel()).to(loss.device)

@@ -133,11 +133,11 @@ def test_opcheck_select_ops(backend, device, checks):
     state = sbkernels.SelectorState(4, device=device)
     torch.library.opcheck(
         torch.ops.sbkernels.select_sb.default,
-        (logits, targets, state.history, state.meta, 2.0, 0.0, 0, -100, 0.0, backend),
+        (logits, targets, state.history, state.meta, 2.0, 0.0, 0, -100, 0.0, -1.0, backend),
         test_utils=checks,
     )
     torch.library.opcheck(
         torch.ops.sbkernels.select_sb_losses.default,
-        (torch.rand(9, device=device), state.history, state.meta, 1.0, 0.1, 0, backend),
+        (torch.rand(9, device=device), state.history, state.meta, 1.0, 0.1, 0, 0.3, backend),
         test_utils=checks,
     )

@@ -7,7 +7,8 @@ One launch does the whole call. Each program handles ``BLOCK_M`` rows:
        m_new = max(m, max_c x_c);  s = s * exp(m - m_new) + sum_c exp(x_c - m_new);  lse = m + log(s)
 
 2. ``pct = #{h < loss} / n_hist`` against the history snapshot (read-only during this phase),
-3. ``p = max(floor, pct ** beta)`` (1 while pushed < prime), ``u = tl.rand(seed, (step << 32) + row)``,
+3. ``p = max(floor, pct ** beta)`` (1 while pushed < prime) or a fixed p (policy "uniform"),
+   ``u = tl.rand(seed, (step << 32) + row)``,
 4. a per-row flag word (valid / selected / non-finite / bad target) written into ``indices`` as scratch.
 
 Each program then takes a ticket with one atomic on ``meta[TICKET]`` that also adds its count of valid
@@ -125,8 +126,9 @@ def _epilogue(
 def select_sb_kernel(
     logits_ptr, stride_logits, targets_ptr, stride_targets, losses_in_ptr, stride_losses,
     history_ptr, meta_ptr, loss_ptr, prob_ptr, indices_ptr, count_ptr,
-    N, C, R, beta, beta_int, floor, prime, ignore_index, label_smoothing,
-    FROM_LOGITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
+    N, C, R, beta, beta_int, floor, prime, ignore_index, label_smoothing, fixed_prob,
+    FROM_LOGITS: tl.constexpr, FIXED_PROB: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_SCAN: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -149,26 +151,29 @@ def select_sb_kernel(
     valid = in_range & ~ignored & ~bad & finite
     nonfinite = in_range & ~ignored & ~bad & ~finite
 
-    # Percentile against the snapshot: nothing writes the history until the last program's epilogue.
-    n_hist = tl.minimum(pushed, R)
-    below = tl.zeros([BLOCK_M], tl.int32)
-    for h0 in range(0, n_hist, BLOCK_H):
-        h_offs = h0 + tl.arange(0, BLOCK_H)
-        h = tl.load(history_ptr + h_offs, mask=h_offs < n_hist, other=float("inf"))
-        below += tl.sum((h[None, :] < loss[:, None]).to(tl.int32), axis=1)
-    below_f = below.to(tl.float32)
-    # div_rn: IEEE division on the GPU as on the CPU, so pct agrees bit for bit with the reference.
-    pct = tl.math.div_rn(below_f, below_f * 0.0 + tl.maximum(n_hist, 1).to(tl.float32))
-    pct = tl.where(n_hist > 0, pct, 1.0)
-
-    if beta_int > 0:
-        p = pct
-        for _ in range(1, beta_int):
-            p = p * pct
+    if FIXED_PROB:  # policy "uniform": loss-blind, every valid row with the same probability
+        p = tl.zeros([BLOCK_M], tl.float32) + fixed_prob
     else:
-        p = tl.exp2(beta * tl.log2(pct))
-    p = tl.maximum(p, floor)
-    p = tl.where(pushed < prime, 1.0, p)
+        # Percentile against the snapshot: nothing writes the history until the last program's epilogue.
+        n_hist = tl.minimum(pushed, R)
+        below = tl.zeros([BLOCK_M], tl.int32)
+        for h0 in range(0, n_hist, BLOCK_H):
+            h_offs = h0 + tl.arange(0, BLOCK_H)
+            h = tl.load(history_ptr + h_offs, mask=h_offs < n_hist, other=float("inf"))
+            below += tl.sum((h[None, :] < loss[:, None]).to(tl.int32), axis=1)
+        below_f = below.to(tl.float32)
+        # div_rn: IEEE division on the GPU as on the CPU, so pct agrees bit for bit with the reference.
+        pct = tl.math.div_rn(below_f, below_f * 0.0 + tl.maximum(n_hist, 1).to(tl.float32))
+        pct = tl.where(n_hist > 0, pct, 1.0)
+
+        if beta_int > 0:
+            p = pct
+            for _ in range(1, beta_int):
+                p = p * pct
+        else:
+            p = tl.exp2(beta * tl.log2(pct))
+        p = tl.maximum(p, floor)
+        p = tl.where(pushed < prime, 1.0, p)
     p = tl.where(valid, p, 0.0)
     u = tl.rand(seed, (step << 32) + rows64)
     selected = valid & (u < p)
@@ -236,8 +241,12 @@ def launch_select_sb(
     prime: int,
     ignore_index: int,
     label_smoothing: float,
+    fixed_prob: float = -1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Allocate the outputs and launch :func:`select_sb_kernel` once. Inputs are validated by the caller."""
+    """Allocate the outputs and launch :func:`select_sb_kernel` once. Inputs are validated by the caller.
+
+    ``fixed_prob >= 0`` replaces the percentile rule by that constant probability (policy "uniform").
+    """
     from_logits = logits is not None
     source = logits if from_logits else losses
     n = source.shape[0]
@@ -259,7 +268,7 @@ def launch_select_sb(
         losses, 0 if from_logits else losses.stride(0),
         history, meta, loss, prob, indices, count,
         n, num_classes, history.numel(), float(beta), beta_int, float(floor), prime, ignore_index,
-        float(label_smoothing),
-        FROM_LOGITS=from_logits, num_warps=num_warps, **blocks,
+        float(label_smoothing), float(fixed_prob),
+        FROM_LOGITS=from_logits, FIXED_PROB=fixed_prob >= 0, num_warps=num_warps, **blocks,
     )  # fmt: skip
     return indices, count, loss, prob

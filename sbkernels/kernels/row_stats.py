@@ -1,0 +1,101 @@
+"""Fused per-row statistics for the batch-level policies ("keep", "importance", "uniform" with k rows).
+
+One pass over the logits computes, per row i, in float32 math:
+
+- ``loss_i``: cross-entropy as in select_sb (0 for ignored rows, NaN for bad targets),
+- ``score_i = ||softmax(x_i) - onehot(t_i)||_2`` (Katharopoulos & Fleuret), from the same online softmax
+  with sums over the non-target classes only, which has no cancellation when p_t is close to 1::
+
+      ||p - e_t||^2 = (1 - p_t)^2 + sum_{c != t} p_c^2 = (o / s)^2 + o2 / s^2,
+      o = sum_{c != t} exp(x_c - m),  o2 = sum_{c != t} exp(2 (x_c - m)),  s = sum_c exp(x_c - m)
+
+- ``u_i = tl.rand(seed, (step << 32) + i)``, the row's Philox uniform (the policies' randomness).
+
+Given losses instead of logits it only loads them and draws u. The sampling that follows works on these
+N-vectors with a few torch ops (sbkernels/sampling.py), identical for the kernel and the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .select_sb import _SEED, _STEP, _launchable
+
+_TILE = 4096
+_MAX_BLOCK_C = 4096
+
+
+@triton.jit
+def row_stats_kernel(
+    logits_ptr, stride_logits, targets_ptr, stride_targets, losses_in_ptr, stride_losses, meta_ptr,
+    loss_ptr, score_ptr, u_ptr, N, C, ignore_index,
+    FROM_LOGITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    in_range = rows < N
+    rows64 = rows.to(tl.int64)
+    seed = tl.load(meta_ptr + _SEED)
+    step = tl.load(meta_ptr + _STEP)
+    if FROM_LOGITS:
+        t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
+        ignored = t == ignore_index
+        bad = in_range & ~ignored & ((t < 0) | (t >= C))
+        row_ptr = logits_ptr + rows64 * stride_logits
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK_M], tl.float32)
+        o = tl.zeros([BLOCK_M], tl.float32)
+        o2 = tl.zeros([BLOCK_M], tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            mask = in_range[:, None] & (cols < C)[None, :]
+            x = tl.load(row_ptr[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            scale = tl.exp(m - m_new)
+            e = tl.exp(x - m_new[:, None])
+            e_other = tl.where(cols[None, :] == t[:, None], 0.0, e)
+            s = s * scale + tl.sum(e, axis=1)
+            o = o * scale + tl.sum(e_other, axis=1)
+            o2 = o2 * scale * scale + tl.sum(e_other * e_other, axis=1)
+            m = m_new
+        lse = m + tl.log(s)
+        gather = in_range & ~ignored & ~bad
+        x_t = tl.load(row_ptr + t, mask=gather, other=0.0).to(tl.float32)
+        loss = lse - x_t
+        rest = o / s  # 1 - p_t without cancellation
+        score = tl.sqrt(rest * rest + o2 / (s * s))
+        loss = tl.where(ignored, 0.0, tl.where(bad, float("nan"), loss))
+        score = tl.where(ignored, 0.0, tl.where(bad, float("nan"), score))
+        tl.store(score_ptr + rows64, score, mask=in_range)
+    else:
+        loss = tl.load(losses_in_ptr + rows64 * stride_losses, mask=in_range, other=0.0).to(tl.float32)
+    tl.store(loss_ptr + rows64, loss, mask=in_range)
+    tl.store(u_ptr + rows64, tl.rand(seed, (step << 32) + rows64), mask=in_range)
+
+
+def launch_row_stats(
+    logits: torch.Tensor | None, targets: torch.Tensor | None, losses: torch.Tensor | None, meta: torch.Tensor,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(loss, score, u) per row; score is NaN-free only for logits input (zeros for losses input)."""
+    from_logits = logits is not None
+    source = logits if from_logits else losses
+    n = source.shape[0]
+    num_classes = logits.shape[1] if from_logits else 1
+    loss = torch.empty(n, dtype=torch.float32, device=source.device)
+    score = torch.zeros(n, dtype=torch.float32, device=source.device) if not from_logits else torch.empty_like(loss)
+    u = torch.empty_like(loss)
+    block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C) if from_logits else 1
+    block_m = min(max(1, min(256, _TILE // block_c)), triton.next_power_of_2(n))
+    kernel = _launchable(row_stats_kernel, meta)
+    if kernel is not None:
+        kernel[(triton.cdiv(n, block_m),)](
+            logits, logits.stride(0) if from_logits else 0,
+            targets, targets.stride(0) if from_logits else 0,
+            losses, 0 if from_logits else losses.stride(0),
+            meta, loss, score, u, n, num_classes, ignore_index,
+            FROM_LOGITS=from_logits, BLOCK_M=block_m, BLOCK_C=block_c,
+            num_warps=8 if block_m * block_c >= 2048 else 4,
+        )  # fmt: skip
+    return loss, score, u

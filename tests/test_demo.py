@@ -1,0 +1,37 @@
+"""Smoke test of the end-to-end demo on a tiny budget: it runs, reports every method and writes its files."""
+
+from __future__ import annotations
+
+import json
+
+from sbkernels import demo
+
+
+def test_demo_runs_every_method_on_a_tiny_budget(tmp_path, capsys):
+    out = demo.main(
+        ["--epochs", "2", "--seeds", "2", "--train-subset", "300", "--no-progress", "--label-noise", "0.1",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    names = [row["method"] for row in out["rows"]]
+    assert names[0] == "baseline" and len(names) == 7
+    assert any(name.startswith("uniform rate=") for name in names)
+    base = out["rows"][0]
+    assert base["backward"] == base["forward"] == 2 * 300
+    for row in out["rows"][1:]:
+        assert 0 < row["backward"] < base["backward"] or row["method"].startswith("keep")
+        assert 0 <= row["acc_mean"] <= 100
+    stale = next(r for r in out["rows"] if r["method"].startswith("Stale"))
+    assert stale["forward"] - stale["backward"] < base["forward"]  # skipped scoring passes in stale epochs
+    printed = capsys.readouterr().out
+    assert "| method |" in printed and "baseline" in printed
+    saved = json.loads((tmp_path / "digits-noise0.1.json").read_text())
+    assert set(saved["curves"]) == set(names)
+    assert (tmp_path / "digits-noise0.1.png").stat().st_size > 10_000
+
+
+def test_label_noise_flips_the_requested_fraction():
+    import torch
+
+    labels = torch.randint(0, 10, (10_000,), generator=torch.Generator().manual_seed(0))
+    noisy = demo.add_label_noise(labels, 0.2, 10)
+    assert abs(float((noisy != labels).float().mean()) - 0.2) < 0.02
