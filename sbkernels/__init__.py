@@ -10,6 +10,7 @@ Quick start::
         ...
 """
 
+from .gradmatch import select_gradmatch
 from .ops import select, select_losses
 from .policies import select_importance, select_keep, select_uniform
 from .selection import Selection
@@ -23,6 +24,7 @@ __all__ = [
     "SelectorState",
     "gather_rows",
     "select",
+    "select_gradmatch",
     "select_importance",
     "select_keep",
     "select_losses",

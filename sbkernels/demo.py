@@ -10,7 +10,10 @@ reports final test accuracy (mean +- sd), examples through the backward pass and
 pass, training wall time (evaluation excluded), and the time to reach 1.1x the baseline's final test error.
 A plot of test error against wall time and against backward examples is written next to a JSON of every
 curve. Methods: the full baseline; SB at beta 1, 2, 3; uniform random selection at the backward budget SB
-beta 2 used; Composer's "keep" at 0.5; Stale-SB (n = 3, beta 2).
+beta 2 used; Composer's "keep" at 0.5; Stale-SB (n = 3, beta 2). With ``--methods subsets`` (or ``all``)
+also, at the same budget: in-batch gradient matching ("gradmatch", seed 002), Grad-Match over the whole
+training set (warm start 1 epoch, a new subset every 2 epochs), Cached-Grad-Match (seed 0's Grad-Match
+rounds replayed by every seed) and RandomPB (random fixed batches, seed 003).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from torch import nn
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 TARGET_FACTOR = 1.1  # "time to reach 1.1x the baseline's final error"
+DEFAULT_BUDGET = 0.3  # backward share of the budget-matched methods when SB beta=2 is not run
+BUDGETED = ("uniform", "gradmatch", "Grad-Match", "Cached-Grad-Match", "RandomPB")
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -115,19 +120,29 @@ def make_model(image_size: int, num_classes: int = 10) -> nn.Module:
 @dataclass
 class Method:
     name: str
-    policy: str | None  # None: the full baseline
+    kind: str  # "full", "selective" (SelectiveBackprop), "grad-match", "cached-grad-match", "random-pb"
     options: dict = field(default_factory=dict)
 
 
 def default_methods() -> list[Method]:
     return [
-        Method("baseline", None),
-        Method("SB beta=1", "sb", {"beta": 1.0}),
-        Method("SB beta=2", "sb", {"beta": 2.0}),
-        Method("SB beta=3", "sb", {"beta": 3.0}),
-        Method("uniform (SB beta=2 budget)", "uniform", {}),  # rate filled in from SB beta=2's runs
-        Method("keep 0.5 (Composer)", "keep", {"keep": 0.5}),
-        Method("Stale-SB n=3 beta=2", "sb", {"beta": 2.0, "staleness": 3}),
+        Method("baseline", "full"),
+        Method("SB beta=1", "selective", {"policy": "sb", "beta": 1.0}),
+        Method("SB beta=2", "selective", {"policy": "sb", "beta": 2.0}),
+        Method("SB beta=3", "selective", {"policy": "sb", "beta": 3.0}),
+        Method("uniform", "selective", {"policy": "uniform"}),  # rate: the budget
+        Method("keep 0.5 (Composer)", "selective", {"policy": "keep", "keep": 0.5}),
+        Method("Stale-SB n=3 beta=2", "selective", {"policy": "sb", "beta": 2.0, "staleness": 3}),
+    ]
+
+
+def subset_methods() -> list[Method]:
+    """Seeds 002 / 003, at the same budget: ``--methods subsets`` (or ``all``)."""
+    return [
+        Method("gradmatch", "selective", {"policy": "gradmatch"}),  # k per batch: the budget
+        Method("Grad-Match", "grad-match"),
+        Method("Cached-Grad-Match", "cached-grad-match"),  # replays seed 0's Grad-Match rounds
+        Method("RandomPB", "random-pb"),
     ]
 
 
@@ -147,68 +162,177 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     return wrong / len(y)
 
 
-def train_run(
-    method: Method, data: Dataset, seed: int, epochs: int, batch_size: int, lr: float, device: torch.device,
-    progress: bool = True,
-) -> Curve:  # fmt: skip
-    import sbkernels
+@dataclass
+class Context:
+    """What every trainer needs: the model, its optimizer, the data on the device, the run settings."""
 
-    torch.manual_seed(seed)
-    model = make_model(data.train_x.shape[-1]).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    n = len(train_y)
-    sb = None
-    if method.policy is not None:
-        opts = dict(method.options)
+    model: nn.Sequential
+    opt: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+    seed: int
+    budget: float  # share of examples to backpropagate, for the budget-matched methods
+    order_gen: torch.Generator
+    subset_file: Path
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward with grad + backward + optimizer step; returns the per-example losses (detached)."""
+        losses = F.cross_entropy(self.model(x), y, reduction="none")
+        loss = (losses * weight).mean() if weight is not None else losses.mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return losses.detach()
+
+    def order(self) -> torch.Tensor:
+        return torch.randperm(len(self.y), generator=self.order_gen).to(self.x.device)
+
+
+class FullTrainer:
+    def __init__(self, ctx: Context, options: dict) -> None:
+        self.ctx = ctx
+
+    def epoch(self, epoch: int) -> tuple[int, int]:
+        order = self.ctx.order()
+        for first in range(0, len(order), self.ctx.batch_size):
+            ids = order[first : first + self.ctx.batch_size]
+            self.ctx.step(self.ctx.x[ids], self.ctx.y[ids])
+        return len(order), len(order)
+
+
+class SelectiveTrainer:
+    """Every SelectiveBackprop policy: score (unless stale), observe, train on the ready batches."""
+
+    def __init__(self, ctx: Context, options: dict) -> None:
+        from .trainer import SelectiveBackprop
+
+        opts = dict(options)
         staleness = opts.pop("staleness", 1)
-        sb = sbkernels.SelectiveBackprop(
-            batch_size, policy=method.policy, seed=seed, device=device, history_size=1024, staleness=staleness,
-            num_samples=n if staleness > 1 else None, **opts,
+        if opts["policy"] == "uniform":
+            opts["rate"] = round(ctx.budget, 4)
+        if opts["policy"] == "gradmatch":
+            opts["k"] = max(1, round(ctx.budget * ctx.batch_size))
+        self.ctx = ctx
+        self.features = opts["policy"] == "gradmatch"
+        self.sb = SelectiveBackprop(
+            ctx.batch_size, seed=ctx.seed, device=ctx.x.device, history_size=1024, staleness=staleness,
+            num_samples=len(ctx.y) if staleness > 1 else None, **opts,
         )  # fmt: skip
 
-    def backward_step(x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None = None) -> None:
-        losses = F.cross_entropy(model(x), y, reduction="none")
-        if sb is not None and ids is not None:
-            sb.refresh(ids, losses.detach())
-        opt.zero_grad(set_to_none=True)
-        losses.mean().backward()
-        opt.step()
+    def _train(self, batches) -> None:
+        for batch in batches:
+            losses = self.ctx.step(*batch.data, batch.weight)
+            self.sb.refresh(batch.sample_ids, losses)
 
+    def epoch(self, epoch: int) -> tuple[int, int]:
+        ctx, sb = self.ctx, self.sb
+        before = dict(sb.counts)
+        sb.start_epoch(epoch)
+        order = ctx.order()
+        for first in range(0, len(order), ctx.batch_size):
+            ids = order[first : first + ctx.batch_size]
+            x, y = ctx.x[ids], ctx.y[ids]
+            if sb.needs_forward:
+                with torch.no_grad():
+                    h = ctx.model[:-1](x)
+                    logits = ctx.model[-1](h)
+                sb.observe(logits, y, x, y, sample_ids=ids, features=h if self.features else None)
+            else:
+                sb.observe(None, None, x, y, sample_ids=ids)
+            self._train(sb.ready_batches())
+        self._train(sb.flush())
+        backward = sb.counts["backward"] - before["backward"]
+        return backward, backward + sb.counts["scored"] - before["scored"]
+
+
+class SubsetTrainer:
+    """Grad-Match (selects from whole-set proxies every few epochs) or Cached-Grad-Match (replays)."""
+
+    def __init__(self, ctx: Context, options: dict, cached: bool) -> None:
+        from .subsets import GradMatch, SubsetRecorder, SubsetReplayer
+
+        self.ctx = ctx
+        self.selector = None
+        if cached:
+            if not ctx.subset_file.exists():
+                raise RuntimeError("Cached-Grad-Match replays Grad-Match's recorded rounds: run Grad-Match first")
+            self.provider = SubsetReplayer(ctx.subset_file)
+        else:
+            self.selector = GradMatch(
+                len(ctx.y), fraction=ctx.budget, select_every=options.get("select_every", 2),
+                warm_start_epochs=options.get("warm_start_epochs", 1),
+                recorder=SubsetRecorder(ctx.subset_file) if ctx.seed == 0 else None,
+            )  # fmt: skip
+            self.provider = self.selector
+
+    def epoch(self, epoch: int) -> tuple[int, int]:
+        from .gradmatch import residuals
+        from .subsets import weighted_batches
+
+        ctx, scored = self.ctx, 0
+        if self.selector is not None and self.selector.needs_selection(epoch):
+            with torch.no_grad():  # last-layer proxies of the whole training set
+                h = torch.cat([ctx.model[:-1](ctx.x[i : i + 1024]) for i in range(0, len(ctx.y), 1024)])
+                r, _ = residuals(ctx.model[-1](h), ctx.y)
+            self.selector.select(epoch, r, ctx.y, h)
+            scored = len(ctx.y)
+        backward = 0
+        for x, y, w in weighted_batches(ctx.x, ctx.y, self.provider.subset_for(epoch), ctx.batch_size, ctx.order_gen):
+            ctx.step(x, y, w)
+            backward += len(y)
+        return backward, backward + scored
+
+
+class RandomPBTrainer:
+    def __init__(self, ctx: Context, options: dict) -> None:
+        from .subsets import RandomPB
+
+        self.ctx = ctx
+        self.pb = RandomPB(len(ctx.y), ctx.batch_size, ctx.budget, seed=ctx.seed)
+
+    def epoch(self, epoch: int) -> tuple[int, int]:
+        backward = 0
+        for rows in self.pb.batches(epoch):
+            rows = rows.to(self.ctx.x.device)
+            self.ctx.step(self.ctx.x[rows], self.ctx.y[rows])
+            backward += len(rows)
+        return backward, backward
+
+
+def make_trainer(method: Method, ctx: Context):
+    if method.kind == "full":
+        return FullTrainer(ctx, method.options)
+    if method.kind == "selective":
+        return SelectiveTrainer(ctx, method.options)
+    if method.kind in ("grad-match", "cached-grad-match"):
+        return SubsetTrainer(ctx, method.options, cached=method.kind == "cached-grad-match")
+    if method.kind == "random-pb":
+        return RandomPBTrainer(ctx, method.options)
+    raise ValueError(f"unknown method kind {method.kind!r}")
+
+
+def train_run(
+    method: Method, data: Dataset, seed: int, epochs: int, batch_size: int, lr: float, device: torch.device,
+    budget: float = 0.3, subset_file: Path | None = None, progress: bool = True,
+) -> Curve:  # fmt: skip
+    torch.manual_seed(seed)
+    model = make_model(data.train_x.shape[-1]).to(device)
+    ctx = Context(
+        model=model, opt=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4),
+        x=data.train_x.to(device), y=data.train_y.to(device), batch_size=batch_size, seed=seed, budget=budget,
+        order_gen=torch.Generator().manual_seed(1000 + seed), subset_file=subset_file or Path("subsets.pt"),
+    )  # fmt: skip
+    trainer = make_trainer(method, ctx)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     curve, elapsed, backward, forward = Curve(), 0.0, 0, 0
-    order_gen = torch.Generator().manual_seed(1000 + seed)
     bar = _progress(epochs, f"{method.name} seed {seed}", progress)
     for epoch in range(epochs):
         start = time.perf_counter()
-        order = torch.randperm(n, generator=order_gen).to(device)
-        if sb is not None:
-            sb.start_epoch(epoch)
-        for first in range(0, n, batch_size):
-            ids = order[first : first + batch_size]
-            x, y = train_x[ids], train_y[ids]
-            if sb is None:
-                backward_step(x, y)
-                continue
-            if sb.needs_forward:
-                with torch.no_grad():
-                    logits = model(x)
-                sb.observe(logits, y, x, y, sample_ids=ids)
-            else:
-                sb.observe(None, None, x, y, sample_ids=ids)
-            for batch in sb.ready_batches():
-                backward_step(*batch.data, batch.sample_ids)
-        if sb is not None:
-            for batch in sb.flush():
-                backward_step(*batch.data, batch.sample_ids)
+        b, f = trainer.epoch(epoch)
         _sync(device)
         elapsed += time.perf_counter() - start
-        if sb is None:
-            backward += n
-            forward += n
-        else:
-            backward = sb.counts["backward"]
-            forward = sb.counts["scored"] + sb.counts["backward"]
+        backward, forward = backward + b, forward + f
         curve.seconds.append(elapsed)
         curve.backward.append(backward)
         curve.forward.append(forward)
@@ -300,6 +424,26 @@ def plot(results: dict[str, list[Curve]], path: Path, title: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- main
+def select_methods(spec: str | None) -> list[Method]:
+    """Methods by comma-separated names, 'default', 'subsets' or 'all'; the baseline always runs."""
+    known = default_methods() + subset_methods()
+    if not spec or spec == "default":
+        return default_methods()
+    wanted: set[str] = set()
+    for item in (w.strip() for w in spec.split(",")):
+        if item in ("default", "all"):
+            wanted |= {m.name for m in default_methods()}
+        if item in ("subsets", "all"):
+            wanted |= {m.name for m in subset_methods()}
+        if item not in ("default", "subsets", "all"):
+            if item not in {m.name for m in known}:
+                raise SystemExit(f"unknown method {item!r}; known: {', '.join(m.name for m in known)}")
+            wanted.add(item)
+    if "Cached-Grad-Match" in wanted:
+        wanted.add("Grad-Match")  # it replays Grad-Match's rounds
+    return [m for m in known if m.name in wanted or m.kind == "full"]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sbkernels.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="digits", choices=["digits", "fashion-mnist"])
@@ -310,7 +454,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label-noise", type=float, default=0.0, metavar="FRACTION")
     p.add_argument("--train-subset", type=int, default=None, help="train on this many examples")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--methods", default=None, help="comma-separated subset of method names (default: all)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated method names, 'default' (the 7 default methods), 'subsets' (gradmatch, "
+        "Grad-Match, Cached-Grad-Match, RandomPB) or 'all'; the baseline always runs",
+    )
     p.add_argument("--out", default="results-local/demo", help="folder for the table, curves and plot")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -328,38 +477,43 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_dataset(args.dataset, args.train_subset)
     if args.label_noise > 0:
         data.train_y = add_label_noise(data.train_y, args.label_noise, 10)
-    methods = default_methods()
-    if args.methods:
-        wanted = {m.strip() for m in args.methods.split(",")}
-        methods = [m for m in methods if m.name in wanted or m.name == "baseline"]
+    methods = select_methods(args.methods)
     print(
         f"sbkernels demo: {data.name}, {len(data.train_y)} train / {len(data.test_y)} test, {args.epochs} epochs, "
         f"batch {args.batch_size}, label noise {args.label_noise}, {args.seeds} seeds, device {device}"
     )
-    results: dict[str, list[Curve]] = {}
-    total_start = time.perf_counter()
-    for method in methods:
-        if method.policy == "uniform":
-            sb2 = results.get("SB beta=2")
-            if not sb2:
-                continue
-            budget = statistics.mean(c.backward[-1] for c in sb2) / (args.epochs * len(data.train_y))
-            method.options = {"rate": round(budget, 4)}
-            method.name = f"uniform rate={budget:.3f} (SB beta=2 budget)"
-        results[method.name] = [
-            train_run(method, data, seed, args.epochs, args.batch_size, args.lr, device, not args.no_progress)
-            for seed in range(args.seeds)
-        ]
-        last = summarize({"baseline": results["baseline"], method.name: results[method.name]})[-1]
-        print(
-            f"  {method.name:<40} acc {last['acc_mean']:.2f}%  backward {last['backward']:,.0f}  {last['seconds']:.1f}s"
-        )
-    base_err = statistics.mean(c.test_error[-1] for c in results["baseline"])
-    rows = summarize(results)
-    table = format_table(rows, base_err)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{data.name}{'-noise' + str(args.label_noise) if args.label_noise else ''}"
+    subset_file = out / f"{stem}-grad-match-rounds.pt"
+    subset_file.unlink(missing_ok=True)  # Cached-Grad-Match must replay this run's Grad-Match
+    results: dict[str, list[Curve]] = {}
+    budget = DEFAULT_BUDGET
+    total_start = time.perf_counter()
+    for method in methods:
+        if "SB beta=2" in results:  # the budget-matched methods use SB beta=2's measured share
+            budget = statistics.mean(c.backward[-1] for c in results["SB beta=2"]) / (args.epochs * len(data.train_y))
+        name = f"{method.name} at {budget:.3f}" if method.name in BUDGETED else method.name
+        results[name] = [
+            train_run(
+                method,
+                data,
+                seed,
+                args.epochs,
+                args.batch_size,
+                args.lr,
+                device,
+                budget,
+                subset_file,
+                not args.no_progress,
+            )
+            for seed in range(args.seeds)
+        ]
+        last = summarize({"baseline": results["baseline"], name: results[name]})[-1]
+        print(f"  {name:<40} acc {last['acc_mean']:.2f}%  backward {last['backward']:,.0f}  {last['seconds']:.1f}s")
+    base_err = statistics.mean(c.test_error[-1] for c in results["baseline"])
+    rows = summarize(results)
+    table = format_table(rows, base_err)
     title = f"{data.name}, {args.epochs} epochs, label noise {args.label_noise}, {args.seeds} seeds, {device}"
     plot(results, out / f"{stem}.png", title)
     (out / f"{stem}.json").write_text(

@@ -66,9 +66,10 @@ class SelectionPool:
 
     Args:
         batch_size: rows per backward batch.
-        capacity: rows the device buffers hold. Default: ``batch_size + 2 * N`` for the N of the first
-            push, so that a push never has to wait. An explicit capacity must be at least
-            ``batch_size - 1 + N`` for every push (checked, with a clear error).
+        capacity: rows the device buffers hold. Default: ``batch_size + 2 * N`` for the largest N pushed
+            so far (the buffers grow, on the device, when a larger push arrives), so that a push never has
+            to wait. An explicit capacity is fixed and must be at least ``batch_size - 1 + N`` for every
+            push (checked, with a clear error).
 
     Every selected row comes out exactly once, in selection order: in a batch from ``ready_batches`` or
     in the final batch from ``flush``. A yielded batch is a view into the pool, valid until the next
@@ -84,6 +85,7 @@ class SelectionPool:
             raise ValueError(f"capacity must be an int >= batch_size ({batch_size}), got {capacity!r}")
         self.batch_size = batch_size
         self._capacity = capacity
+        self._growable = capacity is None
         self._layouts: list[_Layout] | None = None
         self._buffers: list[Tensor] = []
         self._spare: list[Tensor] = []
@@ -172,17 +174,17 @@ class SelectionPool:
     def state_dict(self) -> dict[str, Any]:
         """The rows still held (synchronizes) and the counters, for checkpointing mid-epoch."""
         if self._layouts is None:
-            return {"batch_size": self.batch_size, "capacity": self._capacity, "rows": None}
+            return {"batch_size": self.batch_size, "capacity": self._capacity, "growable": self._growable, "rows": None}
         self._wait_all()
         held = self._rows_in - self._rows_out
         rows = [t.clone() for t in self._views(held)]
-        return {"batch_size": self.batch_size, "capacity": self._capacity, "rows": rows}
+        return {"batch_size": self.batch_size, "capacity": self._capacity, "growable": self._growable, "rows": rows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict["batch_size"] != self.batch_size:
             raise ValueError(f"batch_size mismatch: saved {state_dict['batch_size']}, pool {self.batch_size}")
         rows = state_dict["rows"]
-        self.__init__(self.batch_size, state_dict["capacity"])
+        self.__init__(self.batch_size, None if state_dict.get("growable") else state_dict["capacity"])
         if rows is None or rows[0].shape[0] == 0:
             return
         held = rows[0].shape[0]
@@ -219,8 +221,20 @@ class SelectionPool:
         """The first ``rows`` rows of every buffer, in the pushed tensors' dim order (no copy)."""
         return tuple(buf[:rows].permute(lay.inverse) for buf, lay in zip(self._buffers, self._layouts, strict=True))
 
+    def _grow(self, capacity: int) -> None:
+        """Larger buffers for the default capacity; the rows held are copied on the device (no sync)."""
+        for buffers in (self._buffers, self._spare):
+            for i, old in enumerate(buffers):
+                new = torch.empty((capacity, *old.shape[1:]), dtype=old.dtype, device=old.device)
+                new[: old.shape[0]].copy_(old)
+                buffers[i] = new
+        self._capacity = capacity
+        self._shift = torch.arange(self.batch_size, capacity, dtype=torch.int64, device=self._cursor.device)
+
     def _reserve(self, n: int) -> None:
         """Make sure a push of n rows cannot overflow: wait for readbacks only if the bound says so."""
+        if self._growable and self.batch_size + 2 * n > self._capacity:
+            self._grow(max(2 * self._capacity, self.batch_size + 2 * n))
         if self.batch_size - 1 + n > self._capacity:
             raise ValueError(
                 f"SelectionPool capacity {self._capacity} is too small for a push of {n} rows on top of up to "

@@ -32,12 +32,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from . import ops, policies
+from . import gradmatch, ops, policies
 from .pool import SelectionPool
 from .selection import Selection
 from .state import SelectorState
 
-POLICIES = ("sb", "keep", "uniform", "importance")
+POLICIES = ("sb", "keep", "uniform", "importance", "gradmatch")
+WEIGHTED_POLICIES = ("importance", "gradmatch")
 
 
 class BackwardBatch(NamedTuple):
@@ -54,9 +55,11 @@ class SelectiveBackprop:
 
     Args:
         batch_size: rows per backward batch.
-        policy: "sb" (default), "keep", "uniform" or "importance".
+        policy: "sb" (default), "keep", "uniform", "importance" or "gradmatch" (pass the penultimate
+            features to ``observe(..., features=h)`` to match the weight gradient too).
         beta, floor, prime, history_size, seed: policy "sb" parameters (see :func:`sbkernels.select`).
-        keep: fraction for policy "keep". rate / k: policy "uniform" (one of them); k: "importance".
+        keep: fraction for policy "keep". rate / k: policy "uniform" (one of them); k: "importance",
+            "gradmatch".
         start, end: fractions of ``total_steps`` between which selection is active.
         interrupt: if > 0, every ``interrupt``-th step backpropagates the whole batch.
         total_steps: steps (observe calls) of the whole run; needed when start > 0 or end < 1.
@@ -106,8 +109,8 @@ class SelectiveBackprop:
             raise ValueError("staleness > 1 (Stale-SB) needs num_samples, the dataset size, for the loss cache")
         if policy == "uniform" and (rate is None) == (k is None):
             raise ValueError('policy "uniform" needs exactly one of rate or k')
-        if policy == "importance" and k is None:
-            raise ValueError('policy "importance" needs k, the rows to draw per batch')
+        if policy in WEIGHTED_POLICIES and k is None:
+            raise ValueError(f'policy "{policy}" needs k, the rows to pick per batch')
         self.batch_size = batch_size
         self.policy = policy
         self.params = {"beta": beta, "floor": floor, "prime": prime, "keep": keep, "rate": rate, "k": k}
@@ -144,7 +147,12 @@ class SelectiveBackprop:
 
     # ------------------------------------------------------------------------------------- observe
     def observe(
-        self, scores: Tensor | None, targets: Tensor | None, *batch: Any, sample_ids: Tensor | None = None
+        self,
+        scores: Tensor | None,
+        targets: Tensor | None,
+        *batch: Any,
+        sample_ids: Tensor | None = None,
+        features: Tensor | None = None,
     ) -> Selection:
         """Select rows of this batch and queue them for the backward pass. Never synchronizes.
 
@@ -154,14 +162,15 @@ class SelectiveBackprop:
             targets: (N,) class indices for logits; None for losses.
             batch: the tensors to train on (leading dim N), or a single dict of them.
             sample_ids: (N,) int64 dataset indices: needed for Stale-SB, and returned with each batch.
+            features: (N, ...) penultimate activations, for policy "gradmatch".
         """
         tensors = self._flatten(batch)
         n = tensors[0].shape[0]
         if sample_ids is not None:
             self._has_ids = True
-        selection = self._select(scores, targets, n, tensors[0].device, sample_ids)
+        selection = self._select(scores, targets, n, tensors[0].device, sample_ids, features)
         extra = [sample_ids] if sample_ids is not None else []
-        if self.policy == "importance":  # full-batch steps carry weight 1 so every push has the same tensors
+        if self.policy in WEIGHTED_POLICIES:  # full-batch steps carry weight 1: every push has the same tensors
             self._has_weight = True
             extra.append(selection.weight if selection.weight is not None else torch.ones(n, device=tensors[0].device))
         self.pool.push(selection, *tensors, *extra)
@@ -210,7 +219,13 @@ class SelectiveBackprop:
 
     # ------------------------------------------------------------------------------------- private
     def _select(
-        self, scores: Tensor | None, targets: Tensor | None, n: int, device: torch.device, ids: Tensor | None
+        self,
+        scores: Tensor | None,
+        targets: Tensor | None,
+        n: int,
+        device: torch.device,
+        ids: Tensor | None,
+        features: Tensor | None,
     ) -> Selection:
         if scores is None:
             if self.loss_cache is None or ids is None:
@@ -224,13 +239,15 @@ class SelectiveBackprop:
             rows = torch.arange(n, device=device)
             count = torch.full((), n, dtype=torch.int32, device=device)
             return Selection(rows, count, torch.full((n,), float("nan"), device=device), torch.ones(n, device=device))
-        selection = self._policy(scores, targets)
+        selection = self._policy(scores, targets, features)
         if self.loss_cache is not None and ids is not None and targets is not None:
             self.refresh(ids, selection.loss)
         return selection
 
-    def _policy(self, scores: Tensor, targets: Tensor | None) -> Selection:
-        p, common = self.params, {"backend": self.backend}
+    def _policy(self, scores: Tensor, targets: Tensor | None, features: Tensor | None) -> Selection:
+        p, common = dict(self.params), {"backend": self.backend}
+        if p["k"] is not None:
+            p["k"] = min(p["k"], scores.shape[0])  # a short last batch of the epoch
         if self.policy == "sb":
             if targets is None:
                 return ops.select_losses(scores, self.state, p["beta"], p["floor"], p["prime"], **common)
@@ -243,6 +260,10 @@ class SelectiveBackprop:
             return policies.select_keep(scores, targets, self.state, p["keep"], **common)
         if self.policy == "uniform":
             return policies.select_uniform(scores, targets, self.state, p["rate"], p["k"], **common)
+        if self.policy == "gradmatch":
+            if targets is None:
+                raise ValueError('policy "gradmatch" needs logits and targets, not losses')
+            return gradmatch.select_gradmatch(scores, targets, self.state, p["k"], features, **common)
         return policies.select_importance(scores, targets, self.state, p["k"], **common)
 
     def _flatten(self, batch: tuple[Any, ...]) -> list[Tensor]:

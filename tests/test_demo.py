@@ -14,7 +14,7 @@ def test_demo_runs_every_method_on_a_tiny_budget(tmp_path, capsys):
     )  # fmt: skip
     names = [row["method"] for row in out["rows"]]
     assert names[0] == "baseline" and len(names) == 7
-    assert any(name.startswith("uniform rate=") for name in names)
+    assert any(name.startswith("uniform at ") for name in names)
     base = out["rows"][0]
     assert base["backward"] == base["forward"] == 2 * 300
     for row in out["rows"][1:]:
@@ -35,3 +35,23 @@ def test_label_noise_flips_the_requested_fraction():
     labels = torch.randint(0, 10, (10_000,), generator=torch.Generator().manual_seed(0))
     noisy = demo.add_label_noise(labels, 0.2, 10)
     assert abs(float((noisy != labels).float().mean()) - 0.2) < 0.02
+
+
+def test_demo_subset_methods_on_a_tiny_budget(tmp_path):
+    out = demo.main(["--epochs", "3", "--seeds", "2", "--train-subset", "200", "--no-progress", "--methods", "subsets",
+                     "--out", str(tmp_path)])  # fmt: skip
+    rows = {row["method"].split(" at ")[0]: row for row in out["rows"]}
+    assert set(rows) == {"baseline", "gradmatch", "Grad-Match", "Cached-Grad-Match", "RandomPB"}
+    # Cached-Grad-Match replays the recorded rounds: same backward examples, no scoring passes.
+    assert rows["Cached-Grad-Match"]["backward"] == rows["Grad-Match"]["backward"]
+    assert rows["Cached-Grad-Match"]["forward"] == rows["Cached-Grad-Match"]["backward"]
+    assert rows["Grad-Match"]["forward"] > rows["Grad-Match"]["backward"]
+    assert rows["RandomPB"]["backward"] < rows["baseline"]["backward"]
+    assert (tmp_path / "digits-grad-match-rounds.pt").exists()
+
+
+def test_unknown_method_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(SystemExit, match="unknown method"):
+        demo.select_methods("SB beta=9")

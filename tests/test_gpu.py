@@ -218,3 +218,20 @@ def test_select_and_gather_in_one_cuda_graph():
         assert int(cursor[0]) == rows.numel()
         assert torch.equal(out_images[: rows.numel()].cpu(), images[rows])
         assert torch.equal(out_targets[: rows.numel()].cpu(), targets[rows])
+
+
+def test_gradmatch_never_synchronizes_for_fixed_k():
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    logits = torch.randn(256, 10, device="cuda", generator=gen)
+    targets = torch.randint(0, 10, (256,), device="cuda", generator=gen)
+    features = torch.randn(256, 64, device="cuda", generator=gen)
+    state = sbkernels.SelectorState(16, device="cuda")
+    sbkernels.select_gradmatch(logits, targets, state, 32, features)  # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sel = sbkernels.select_gradmatch(logits, targets, state, 32, features)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    rows = sel.indices[: int(sel.count)]
+    assert 0 < rows.numel() <= 32 and torch.all(sel.weight[rows] > 0)

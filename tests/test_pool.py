@@ -143,3 +143,14 @@ def test_pool_state_dict_round_trip():
     ((x, y),) = list(restored.ready_batches())
     assert x.tolist() == [1.0, 2.0, 5.0, 10.0] and y.tolist() == [1, 2, 5, 10]
     assert restored.flush()[1].tolist() == [12]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_default_capacity_grows_for_a_larger_push(device):
+    pool = SelectionPool(4)
+    pool.push(make_selection(2, [1], device), torch.arange(2, device=device))
+    assert pool.capacity == 8
+    pool.push(make_selection(50, list(range(0, 50, 2)), device), torch.arange(50, device=device))
+    assert pool.capacity >= 104
+    out = [i for b in pool.ready_batches(sync=True) for i in b[0].tolist()] + pool.flush()[0].tolist()
+    assert out == [1, *range(0, 50, 2)]

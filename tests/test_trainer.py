@@ -156,3 +156,9 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="needs k"):
         SelectiveBackprop(4, policy="importance")
     assert isinstance(sbkernels.SelectiveBackprop(4).state, sbkernels.SelectorState)
+
+
+def test_k_policies_cap_k_at_a_short_batch():
+    sb = SelectiveBackprop(4, policy="uniform", k=6)
+    sel = sb.observe(torch.rand(3), None, torch.arange(3))
+    assert int(sel.count) == 3

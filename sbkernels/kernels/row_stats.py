@@ -99,3 +99,57 @@ def launch_row_stats(
             num_warps=8 if block_m * block_c >= 2048 else 4,
         )  # fmt: skip
     return loss, score, u
+
+
+@triton.jit
+def residual_kernel(
+    logits_ptr, stride_logits, targets_ptr, stride_targets, r_ptr, loss_ptr, N, C, ignore_index,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Bias gradients ``r_i = softmax(x_i) - onehot(t_i)`` (0 for ignored / bad rows) and losses.
+
+    Pass 1 is the online softmax (m, s); pass 2 re-reads the logits and writes r row-major (N, C).
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    in_range = rows < N
+    rows64 = rows.to(tl.int64)
+    t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
+    usable = in_range & (t != ignore_index) & (t >= 0) & (t < C)
+    row_ptr = logits_ptr + rows64 * stride_logits
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_M], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = in_range[:, None] & (cols < C)[None, :]
+        x = tl.load(row_ptr[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+        m = m_new
+    lse = m + tl.log(s)
+    x_t = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)
+    tl.store(loss_ptr + rows64, tl.where(usable, lse - x_t, 0.0), mask=in_range)
+    out_ptr = r_ptr + rows64 * C
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = in_range[:, None] & (cols < C)[None, :]
+        x = tl.load(row_ptr[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        r = tl.exp(x - lse[:, None]) - tl.where(cols[None, :] == t[:, None], 1.0, 0.0)
+        tl.store(out_ptr[:, None] + cols[None, :], tl.where(usable[:, None], r, 0.0), mask=mask)
+
+
+def launch_residual(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, loss): r = softmax - onehot as (N, C) float32, loss (N,) float32."""
+    n, num_classes = logits.shape
+    r = torch.empty(n, num_classes, dtype=torch.float32, device=logits.device)
+    loss = torch.empty(n, dtype=torch.float32, device=logits.device)
+    block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C)
+    block_m = min(max(1, min(256, _TILE // block_c)), triton.next_power_of_2(n))
+    kernel = _launchable(residual_kernel, logits)
+    if kernel is not None:
+        kernel[(triton.cdiv(n, block_m),)](
+            logits, logits.stride(0), targets, targets.stride(0), r, loss, n, num_classes, ignore_index,
+            BLOCK_M=block_m, BLOCK_C=block_c, num_warps=8 if block_m * block_c >= 2048 else 4,
+        )  # fmt: skip
+    return r, loss

@@ -1,0 +1,1 @@
+"""Benchmarks for sbkernels: microbenchmarks (pytest-benchmark), the comparison report, the step benchmark."""

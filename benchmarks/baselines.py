@@ -1,0 +1,103 @@
+"""What a user would write instead of sbkernels, each as ``fn(logits, targets, images) -> selected images``.
+
+All of them select rows by loss and gather the selected rows of an image batch, so every method does the
+same job end to end:
+
+- ``sbkernels``: ``select`` (one fused launch) + ``gather_rows`` into a preallocated buffer.
+- ``eager reference``: sbkernels' own PyTorch reference (static shapes, no sync) + ``index_select``.
+- ``torch.compile reference``: the same reference compiled by Inductor.
+- ``Composer keep``: MosaicML Composer's ``select_using_loss`` re-implemented from its description:
+  per-example loss, ``argsort``, rank probabilities ``((rank + 0.5) / N) ** (1 / keep - 1)``,
+  ``torch.multinomial`` without replacement, index.
+- ``naive loop``: ``F.cross_entropy(reduction="none")``, a Python list as the loss history (percentile
+  computed against it on the device, losses appended with ``.tolist()``), ``torch.bernoulli``,
+  ``nonzero``, ``index_select``: the loop most users write first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import sbkernels
+from sbkernels import reference
+from sbkernels.gather import gather_rows, new_cursor
+
+Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
+
+
+def make_sbkernels(n: int, images: torch.Tensor, history: int, beta: float) -> Method:
+    state = sbkernels.SelectorState(history, seed=0, device=images.device)
+    out = torch.empty_like(images)
+    cursor = new_cursor(images.device)
+
+    def run(logits, targets, images):
+        sel = sbkernels.select(logits, targets, state, beta=beta)
+        cursor[0] = 0
+        gather_rows([images], sel.indices, sel.count, [out], cursor)
+        return out
+
+    return run
+
+
+def _reference_step(logits, targets, history, meta, beta):
+    loss, ignored, bad = reference.cross_entropy(logits, targets)
+    return reference.select_sb(loss, ignored, bad, history, meta, beta)
+
+
+def make_reference(n: int, images: torch.Tensor, history: int, beta: float, compiled: bool = False) -> Method:
+    state = sbkernels.SelectorState(history, seed=0, device=images.device)
+    step = torch.compile(_reference_step) if compiled else _reference_step
+
+    def run(logits, targets, images):
+        indices, _, _, _ = step(logits, targets, state.history, state.meta, beta)
+        # Rows past count are -1: clamp and keep the static shape (no sync), as the pool would.
+        return images.index_select(0, indices.clamp_min(0))
+
+    return run
+
+
+def make_composer_keep(n: int, images: torch.Tensor, history: int, keep: float = 0.5) -> Method:
+    def run(logits, targets, images):
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        sorted_idx = torch.argsort(losses)
+        count = logits.shape[0]
+        n_select = int(keep * count)
+        percs = torch.arange(0.5, count, 1.0, device=logits.device) / count
+        probs = percs ** ((1.0 / keep) - 1.0)
+        probs = probs / probs.sum()
+        chosen = torch.multinomial(probs, n_select, replacement=False)
+        return images.index_select(0, sorted_idx[chosen])
+
+    return run
+
+
+def make_naive_loop(n: int, images: torch.Tensor, history: int, beta: float) -> Method:
+    past: deque[float] = deque(maxlen=history)
+
+    def run(logits, targets, images):
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        if past:
+            hist = torch.tensor(list(past), device=logits.device)
+            pct = (hist[None, :] < losses[:, None]).float().mean(dim=1)
+        else:
+            pct = torch.ones_like(losses)
+        keep = torch.bernoulli(pct**beta).bool()
+        idx = keep.nonzero().squeeze(1)
+        past.extend(losses.tolist())
+        return images.index_select(0, idx)
+
+    return run
+
+
+def methods(n: int, images: torch.Tensor, history: int = 1024, beta: float = 1.0) -> dict[str, Method]:
+    return {
+        "sbkernels": make_sbkernels(n, images, history, beta),
+        "eager reference": make_reference(n, images, history, beta),
+        "torch.compile reference": make_reference(n, images, history, beta, compiled=True),
+        "Composer keep": make_composer_keep(n, images, history),
+        "naive loop": make_naive_loop(n, images, history, beta),
+    }

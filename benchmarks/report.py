@@ -1,0 +1,325 @@
+"""One table for a user deciding whether to adopt sbkernels: selection and gather, against the alternatives.
+
+    python -m benchmarks.report                 # CUDA if present, else CPU; writes benchmarks/results/
+    python -m benchmarks.report --out DIR --quick
+
+For every shape (N, C, dtype) and method of benchmarks/baselines.py, in one run: median time per call
+(eager; input sets rotated so repeated calls do not measure the cache), host syncs per call (CUDA sync
+debug warnings), kernels per call (CUDA profiler) or aten ops per call (CPU), achieved bandwidth as a
+fraction of the measured device-to-device copy bandwidth (bytes: logits + targets read, per-row outputs
+written), and peak extra memory (CUDA). sbkernels also gets its CUDA-graph replay time (GPU time without
+launch gaps). A second table times gathering half of a 1024x3x224x224 bf16 batch plus labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import baselines
+
+GPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (8192, 32000, "bfloat16"), (16384, 131072, "bfloat16")]
+CPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (2048, 32000, "bfloat16")]
+ROTATE_BYTES = 256 << 20  # input sets cycled per shape: more than any L2 cache
+
+
+# ----------------------------------------------------------------------------------------- timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, inputs: list[tuple], device: torch.device, reps: int, warmup: int = 3) -> float:
+    """Median time of one call, cycling through ``inputs``; CUDA timed with events per call."""
+    for i in range(warmup):
+        fn(*inputs[i % len(inputs)])
+    sync(device)
+    times = []
+    for i in range(reps):
+        args = inputs[i % len(inputs)]
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn(*args)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def graph_seconds(fn, args: tuple, reps: int = 50) -> float | None:
+    """Median replay time of ``fn(*args)`` captured in a CUDA graph (None if capture fails)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn(*args)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn(*args)
+    except Exception as error:
+        print(f"    graph capture failed: {type(error).__name__}: {str(error)[:120]}")
+        return None
+    return median_seconds(lambda: graph.replay(), [()], torch.device("cuda"), reps)
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large tensor copy, counting bytes read plus bytes written."""
+    n = (1 << 28) if device.type == "cuda" else (1 << 26)
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), [()], device, reps=20)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+# ------------------------------------------------------------------------------------- counting
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_syncs(fn, args: tuple) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def count_kernels(fn, args: tuple) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(*args)
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.name != "")
+
+
+def count_ops(fn, args: tuple) -> int:
+    counter = _OpCounter()
+    with counter:
+        fn(*args)
+    return counter.ops
+
+
+def extra_memory(fn, args: tuple) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn(*args)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+# ----------------------------------------------------------------------------------------- report
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) -> list[dict]:
+    rows = []
+    for n, num_classes, dtype_name in shapes:
+        dtype = getattr(torch, dtype_name)
+        logit_bytes = n * num_classes * torch.finfo(dtype).bits // 8
+        sets = max(1, min(8, math.ceil(ROTATE_BYTES / logit_bytes))) if device.type == "cuda" else 2
+        gen = torch.Generator(device=device).manual_seed(0)
+        inputs = [
+            (
+                torch.randn(n, num_classes, device=device, dtype=dtype, generator=gen),
+                torch.randint(0, num_classes, (n,), device=device, generator=gen),
+                torch.randn(n, 1, device=device, generator=gen),
+            )
+            for _ in range(sets)
+        ]
+        moved = logit_bytes + n * 8 + n * (8 + 4 + 4)
+        print(f"  shape N={n} C={num_classes} {dtype_name}: {sets} input sets, {moved / 1e6:.1f} MB per call")
+        for name, fn in baselines.methods(n, inputs[0][2]).items():
+            seconds = median_seconds(fn, inputs, device, reps)
+            row = {
+                "N": n, "C": num_classes, "dtype": dtype_name, "method": name, "median_us": seconds * 1e6,
+                "bandwidth_fraction": moved / seconds / bandwidth,
+            }  # fmt: skip
+            if device.type == "cuda":
+                row["syncs_per_call"] = count_syncs(fn, inputs[0])
+                row["kernels_per_call"] = count_kernels(fn, inputs[0])
+                row["extra_memory_MB"] = extra_memory(fn, inputs[0]) / 1e6
+                if name == "sbkernels":
+                    graph = graph_seconds(fn, inputs[0])
+                    row["graph_us"] = None if graph is None else graph * 1e6
+            else:
+                row["aten_ops_per_call"] = count_ops(fn, inputs[0])
+            print(f"    {name:<26} {seconds * 1e6:12.1f} us  bw {row['bandwidth_fraction']:6.1%}")
+            rows.append(row)
+    for row in rows:
+        eager = next(r for r in rows if r["N"] == row["N"] and r["C"] == row["C"] and r["method"] == "eager reference")
+        row["speedup_vs_eager"] = eager["median_us"] / row["median_us"]
+    return rows
+
+
+def gather_rows_table(device: torch.device, reps: int, bandwidth: float, n: int) -> list[dict]:
+    from sbkernels.gather import gather_rows, new_cursor
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    images = torch.randn(n, 3, 224, 224, device=device, generator=gen).to(torch.bfloat16)
+    labels = torch.randint(0, 1000, (n,), device=device, generator=gen)
+    chosen = torch.randperm(n, device=device, generator=gen)[: n // 2].sort().values
+    indices = torch.full((n,), -1, dtype=torch.int64, device=device)
+    indices[: n // 2] = chosen
+    count = torch.tensor(n // 2, dtype=torch.int32, device=device)
+    pool_images = torch.empty(2 * n, 3, 224, 224, device=device, dtype=torch.bfloat16)
+    pool_labels = torch.empty(2 * n, dtype=torch.int64, device=device)
+    cursor = new_cursor(device)
+    held = [images[:0], labels[:0]]
+
+    def fused():
+        cursor[0] = 0
+        gather_rows([images, labels], indices, count, [pool_images, pool_labels], cursor)
+
+    def index_select_cat():  # what a pool without sbkernels does: select, then append by concatenation
+        picked_images = images.index_select(0, chosen)
+        picked_labels = labels.index_select(0, chosen)
+        return torch.cat([held[0], picked_images]), torch.cat([held[1], picked_labels])
+
+    moved = 2 * (n // 2) * (3 * 224 * 224 * 2 + 8)
+    rows = []
+    for name, fn in (("sbkernels gather_rows", fused), ("index_select + cat", index_select_cat)):
+        seconds = median_seconds(fn, [()], device, reps)
+        row = {
+            "method": name,
+            "rows": n // 2,
+            "median_us": seconds * 1e6,
+            "bandwidth_fraction": moved / seconds / bandwidth,
+        }
+        if device.type == "cuda":
+            row["kernels_per_call"] = count_kernels(fn, ())
+            row["syncs_per_call"] = count_syncs(fn, ())
+        else:
+            row["aten_ops_per_call"] = count_ops(fn, ())
+        print(f"    {name:<26} {seconds * 1e6:12.1f} us  bw {row['bandwidth_fraction']:6.1%}")
+        rows.append(row)
+    return rows
+
+
+def markdown(meta: dict, rows: list[dict], gather: list[dict]) -> str:
+    cuda = meta["device_type"] == "cuda"
+    head = ["shape", "method", "median us", "x eager", "bw / copy bw"]
+    head += ["syncs", "kernels", "extra MB", "graph us"] if cuda else ["aten ops"]
+    lines = [
+        f"# Selection benchmark: {meta['device']}",
+        "",
+        f"{'GPU' if cuda else 'CPU (no GPU in this run: CPU numbers, not GPU claims)'}; torch {meta['torch']}, "
+        f"triton {meta['triton']}, commit {meta['commit']}, {meta['date']}; copy bandwidth "
+        f"{meta['copy_bandwidth_GBps']:.0f} GB/s (read + write).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cells = [
+            f"{r['N']}x{r['C']} {r['dtype']}", r["method"], f"{r['median_us']:.1f}", f"{r['speedup_vs_eager']:.2f}",
+            f"{r['bandwidth_fraction']:.1%}",
+        ]  # fmt: skip
+        if cuda:
+            graph = r.get("graph_us")
+            cells += [str(r["syncs_per_call"]), str(r["kernels_per_call"]), f"{r['extra_memory_MB']:.1f}"]
+            cells += ["" if graph is None else f"{graph:.1f}"]
+        else:
+            cells += [str(r["aten_ops_per_call"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Gathering half of a {gather[0]['rows'] * 2}x3x224x224 bf16 batch plus labels:", ""]
+    lines += [
+        "| method | median us | bw / copy bw | " + ("kernels | syncs |" if cuda else "aten ops |"),
+        "|---|---|---|---|" + ("---|" if cuda else ""),
+    ]
+    for g in gather:
+        extra = f"{g['kernels_per_call']} | {g['syncs_per_call']} |" if cuda else f"{g['aten_ops_per_call']} |"
+        lines.append(f"| {g['method']} | {g['median_us']:.1f} | {g['bandwidth_fraction']:.1%} | {extra}")
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        import os
+
+        return os.environ.get("SBKERNELS_COMMIT", "unknown")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import triton
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per method (default 100 GPU, 10 CPU)")
+    parser.add_argument("--quick", action="store_true", help="only the two small shapes and a small gather")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    reps = args.reps or (100 if device.type == "cuda" else 10)
+    shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
+    if args.quick:
+        shapes = shapes[:2]
+    bandwidth = copy_bandwidth(device)
+    meta = {
+        "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+        "triton": triton.__version__, "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "copy_bandwidth_GBps": bandwidth / 1e9, "reps": reps,
+    }  # fmt: skip
+    print(f"{meta['device']}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    rows = selection_rows(device, shapes, reps, bandwidth)
+    print("  gather")
+    gather = gather_rows_table(device, reps, bandwidth, 64 if args.quick else 1024)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = slug(meta["device"]) if device.type == "cuda" else "cpu"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "selection": rows, "gather": gather}, indent=1))
+    table = markdown(meta, rows, gather)
+    (out / f"{stem}.md").write_text(table)
+    print("\n" + table)
+    return {"meta": meta, "selection": rows, "gather": gather}
+
+
+if __name__ == "__main__":
+    main()

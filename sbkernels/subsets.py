@@ -1,0 +1,164 @@
+"""Dataset-level subset selection (seed 003): Grad-Match, Cached-Grad-Match and RandomPB.
+
+- :class:`GradMatch` (Killamsetty et al. 2021): every ``select_every`` epochs after ``warm_start_epochs``
+  full epochs, choose a weighted subset of ``fraction`` of the training set whose last-layer gradients
+  match the full training gradient (per class or over the whole set), by :func:`sbkernels.gradmatch.omp_nnls`.
+- :class:`SubsetRecorder` / :class:`SubsetReplayer`: write each round's indices and weights to a file and
+  read them back, so a later run trains on the same subsets without selecting (Cached-Grad-Match).
+- :class:`RandomPB`: the training set cut once into fixed random batches; each epoch trains on a random
+  choice of whole batches covering the budget.
+
+Subsets are index/weight tensors; :func:`weighted_batches` turns one into ``(inputs, targets, weights)``
+mini-batches of in-memory tensors. Weights are scaled so that the mean over the subset of
+``weight_i * loss_i`` approximates the mean loss over the whole training set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .gradmatch import last_layer_gram, omp_nnls
+
+
+@dataclass
+class Subset:
+    epoch: int  # the epoch at which it was chosen
+    indices: Tensor  # (k,) int64, ascending
+    weights: Tensor  # (k,) float32 >= 0
+
+
+def weighted_batches(
+    inputs: Tensor, targets: Tensor, subset: Subset | None, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Shuffled mini-batches ``(inputs, targets, weights)`` of the subset (all rows, weight 1, if None)."""
+    if subset is None:
+        indices = torch.arange(len(targets))
+        weights = torch.ones(len(targets))
+    else:
+        indices, weights = subset.indices.cpu(), subset.weights.cpu()
+    order = torch.randperm(len(indices), generator=generator)
+    for first in range(0, len(order), batch_size):
+        take = order[first : first + batch_size]
+        rows = indices[take].to(inputs.device)
+        yield inputs[rows], targets[rows], weights[take].to(inputs.device)
+
+
+class GradMatch:
+    """Grad-Match subsets of a training set of ``num_samples`` examples.
+
+    Args:
+        fraction: share of the training set in each subset.
+        select_every: epochs between selection rounds (R in the paper).
+        per_class: match each class's gradient with its own share of the budget (the usual setting; its
+            Gram matrices are per class, so memory is sum_c n_c^2 instead of n^2).
+        warm_start_epochs: full-data epochs before the first selection.
+        steps: projected-gradient steps of each NNLS refit.
+        recorder: a :class:`SubsetRecorder` that saves every round.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        fraction: float,
+        select_every: int = 5,
+        per_class: bool = True,
+        warm_start_epochs: int = 0,
+        steps: int = 40,
+        recorder: SubsetRecorder | None = None,
+    ) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        if select_every < 1 or warm_start_epochs < 0:
+            raise ValueError("select_every must be >= 1 and warm_start_epochs >= 0")
+        self.num_samples, self.fraction, self.select_every = num_samples, fraction, select_every
+        self.per_class, self.warm_start_epochs, self.steps = per_class, warm_start_epochs, steps
+        self.recorder = recorder
+        self.current: Subset | None = None
+
+    def needs_selection(self, epoch: int) -> bool:
+        """True at the epochs where a new subset is chosen (needs proxies of the whole training set)."""
+        return epoch >= self.warm_start_epochs and (epoch - self.warm_start_epochs) % self.select_every == 0
+
+    def subset_for(self, epoch: int) -> Subset | None:
+        """The subset to train on in ``epoch`` (None: train on everything, during the warm start)."""
+        return None if epoch < self.warm_start_epochs else self.current
+
+    def select(self, epoch: int, r: Tensor, labels: Tensor, features: Tensor | None = None) -> Subset:
+        """Choose the subset from bias gradients r (n, C), labels (n,) and optional features h (n, ...)."""
+        n = r.shape[0]
+        if n != self.num_samples:
+            raise ValueError(f"expected proxies for {self.num_samples} samples, got {n}")
+        groups = [torch.nonzero(labels == c).flatten() for c in labels.unique()] if self.per_class else [None]
+        picked, weights = [], []
+        for group in groups:
+            rows = torch.arange(n, device=r.device) if group is None else group
+            k = max(1, round(self.fraction * len(rows)))
+            gram = last_layer_gram(r[rows], None if features is None else features[rows])
+            chosen, w, _ = omp_nnls(gram, gram.mean(dim=1), gram.mean(), k, self.steps)
+            keep = w > 0
+            # sum_i w_i g_i matches this group's mean gradient; the group holds len(rows)/n of the data.
+            picked.append(rows[chosen[keep]])
+            weights.append(w[keep] * len(rows) / n)
+        indices = torch.cat(picked)
+        scaled = torch.cat(weights).float()
+        scaled = scaled * len(indices)  # mean over the subset of weight * loss ~ mean loss over all data
+        order = torch.argsort(indices)
+        self.current = Subset(epoch, indices[order].cpu(), scaled[order].cpu())
+        if self.recorder is not None:
+            self.recorder.record(self.current)
+        return self.current
+
+
+class SubsetRecorder:
+    """Appends every selection round to ``path`` (a torch.save file rewritten after each round)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rounds: list[dict] = []
+
+    def record(self, subset: Subset) -> None:
+        self.rounds.append({"epoch": subset.epoch, "indices": subset.indices.cpu(), "weights": subset.weights.cpu()})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"version": 1, "rounds": self.rounds}, self.path)
+
+
+class SubsetReplayer:
+    """Cached-Grad-Match: serves the subsets recorded by an earlier run, without selecting anything."""
+
+    def __init__(self, path: str | Path) -> None:
+        saved = torch.load(Path(path))
+        if saved.get("version") != 1:
+            raise ValueError(f"{path}: unsupported subset file version {saved.get('version')!r}")
+        self.rounds = [Subset(r["epoch"], r["indices"], r["weights"]) for r in saved["rounds"]]
+        if not self.rounds:
+            raise ValueError(f"{path} holds no selection rounds")
+
+    def subset_for(self, epoch: int) -> Subset | None:
+        """The latest recorded round chosen at or before ``epoch`` (None before the first: full data)."""
+        earlier = [s for s in self.rounds if s.epoch <= epoch]
+        return earlier[-1] if earlier else None
+
+
+class RandomPB:
+    """Random fixed batches: one fixed partition of the training set into batches; each epoch picks
+    ``ceil(fraction * num_batches)`` whole batches at random."""
+
+    def __init__(self, num_samples: int, batch_size: int, fraction: float, seed: int = 0) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+        self.fixed = list(order.split(batch_size))
+        self.budget = math.ceil(fraction * len(self.fixed))
+        self.seed = seed
+
+    def batches(self, epoch: int) -> list[Tensor]:
+        """This epoch's batches: ``budget`` whole fixed batches, in random order."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        chosen = torch.randperm(len(self.fixed), generator=gen)[: self.budget]
+        return [self.fixed[i] for i in chosen.tolist()]
