@@ -264,6 +264,13 @@ def markdown(meta: dict, rows: list[dict], gather: list[dict]) -> str:
         else:
             cells += [str(r["aten_ops_per_call"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if not cuda:
+        lines += [
+            "",
+            "On CPU the sbkernels row is the PyTorch reference running inside the registered custom op (the Triton",
+            "kernel is for CUDA): its aten-op count sees the one custom op, not the ~400 ops inside it. CPU copy",
+            "bandwidth is measured with `Tensor.copy_`, which memcpy-based row copies can exceed.",
+        ]
     lines += ["", f"Gathering half of a {gather[0]['rows'] * 2}x3x224x224 bf16 batch plus labels:", ""]
     lines += [
         "| method | median us | bw / copy bw | " + ("kernels | syncs |" if cuda else "aten ops |"),
