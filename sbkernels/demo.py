@@ -177,9 +177,17 @@ class Context:
     subset_file: Path
 
     def step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Forward with grad + backward + optimizer step; returns the per-example losses (detached)."""
+        """Forward with grad + backward + optimizer step; returns the per-example losses (detached).
+
+        Weighted batches (the gradient-matching methods) use the weighted mean sum(w * loss) / sum(w), as
+        Grad-Match's reference training loop does: OMP weights are heavy-tailed, and normalizing per batch
+        keeps the step size of the plain mean.
+        """
         losses = F.cross_entropy(self.model(x), y, reduction="none")
-        loss = (losses * weight).mean() if weight is not None else losses.mean()
+        if weight is None:
+            loss = losses.mean()
+        else:
+            loss = (losses * weight).sum() / weight.sum().clamp_min(1e-12)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

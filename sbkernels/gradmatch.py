@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _checks
 from .kernels.row_stats import launch_residual
 from .ops import _resolve_backend, _use_triton
-from .reference import compact
+from .reference import compact, target_masks
 from .selection import Selection
 from .state import META_STEP, SelectorState
 
@@ -46,8 +46,8 @@ def residuals(
 def residual_reference(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor]:
     x = logits.float()
     num_classes = x.shape[1]
-    t = targets.long()
-    valid = (t != ignore_index) & (t >= 0) & (t < num_classes)
+    t, ignored, bad = target_masks(targets, num_classes, ignore_index)
+    valid = ~ignored & ~bad
     p = torch.softmax(x, dim=1)
     onehot = torch.zeros_like(p).scatter_(1, t.clamp(0, num_classes - 1).unsqueeze(1), 1.0)
     r = torch.where(valid[:, None], p - onehot, torch.zeros_like(p))

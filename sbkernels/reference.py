@@ -70,6 +70,15 @@ def philox_uniform(seed: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tens
     return folded.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=device)
 
 
+def target_masks(
+    targets: torch.Tensor, num_classes: int, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(t, ignored, bad)``: targets as int64, rows equal to ignore_index, rows outside [0, C) otherwise."""
+    t = targets.long()
+    ignored = t == ignore_index
+    return t, ignored, ~ignored & ((t < 0) | (t >= num_classes))
+
+
 def cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,9 +89,7 @@ def cross_entropy(
     """
     x = logits.float()
     num_classes = x.shape[1]
-    t = targets.long()
-    ignored = t == ignore_index
-    bad = ~ignored & ((t < 0) | (t >= num_classes))
+    t, ignored, bad = target_masks(targets, num_classes, ignore_index)
     lse = torch.logsumexp(x, dim=1)
     x_target = x.gather(1, t.clamp(0, num_classes - 1).unsqueeze(1)).squeeze(1)
     loss = lse - x_target
@@ -194,9 +201,7 @@ def importance_score(logits: torch.Tensor, targets: torch.Tensor, ignore_index: 
     """
     x = logits.float()
     num_classes = x.shape[1]
-    t = targets.long()
-    ignored = t == ignore_index
-    bad = ~ignored & ((t < 0) | (t >= num_classes))
+    t, ignored, bad = target_masks(targets, num_classes, ignore_index)
     p = torch.softmax(x, dim=1)
     other = p.scatter(1, t.clamp(0, num_classes - 1).unsqueeze(1), 0.0)
     score = torch.sqrt(other.sum(dim=1) ** 2 + (other * other).sum(dim=1))

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .select_sb import _SEED, _STEP, _launchable
+from .select_sb import _SEED, _STEP, _launchable, logsumexp_rows
 
 _TILE = 4096
 _MAX_BLOCK_C = 4096
@@ -116,16 +116,7 @@ def residual_kernel(
     t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
     usable = in_range & (t != ignore_index) & (t >= 0) & (t < C)
     row_ptr = logits_ptr + rows64 * stride_logits
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_M], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        mask = in_range[:, None] & (cols < C)[None, :]
-        x = tl.load(row_ptr[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=1))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-        m = m_new
-    lse = m + tl.log(s)
+    lse, _ = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
     x_t = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)
     tl.store(loss_ptr + rows64, tl.where(usable, lse - x_t, 0.0), mask=in_range)
     out_ptr = r_ptr + rows64 * C

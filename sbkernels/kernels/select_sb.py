@@ -50,15 +50,8 @@ _BLOCK_SCAN = 1024
 
 
 @triton.jit
-def _cross_entropy_rows(
-    logits_ptr, stride_logits, targets_ptr, stride_targets, rows64, in_range, C,
-    ignore_index, label_smoothing, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
-    ignored = t == ignore_index
-    bad = in_range & (t != ignore_index) & ((t < 0) | (t >= C))
-    row_ptr = logits_ptr + rows64 * stride_logits  # int64 offsets: N * C may exceed 2**31
-
+def logsumexp_rows(row_ptr, in_range, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(logsumexp_c x_c, sum_c x_c) per row by a chunked online softmax in float32 (unused sums compile away)."""
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK_M], tl.float32)
     x_sum = tl.zeros([BLOCK_M], tl.float32)
@@ -70,7 +63,19 @@ def _cross_entropy_rows(
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
         m = m_new
         x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
-    lse = m + tl.log(s)
+    return m + tl.log(s), x_sum
+
+
+@triton.jit
+def _cross_entropy_rows(
+    logits_ptr, stride_logits, targets_ptr, stride_targets, rows64, in_range, C,
+    ignore_index, label_smoothing, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
+    ignored = t == ignore_index
+    bad = in_range & (t != ignore_index) & ((t < 0) | (t >= C))
+    row_ptr = logits_ptr + rows64 * stride_logits  # int64 offsets: N * C may exceed 2**31
+    lse, x_sum = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
 
     gather = in_range & (t != ignore_index) & (t >= 0) & (t < C)
     x_target = tl.load(row_ptr + t, mask=gather, other=0.0).to(tl.float32)
