@@ -179,15 +179,14 @@ class Context:
     def step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Forward with grad + backward + optimizer step; returns the per-example losses (detached).
 
-        Weighted batches (the gradient-matching methods) use the weighted mean sum(w * loss) / sum(w), as
-        Grad-Match's reference training loop does: OMP weights are heavy-tailed, and normalizing per batch
-        keeps the step size of the plain mean.
+        Weighted batches use mean(w * loss): the gradient-matching weights are scaled so that this matches
+        the full batch's (or full training set's) mean gradient in scale. Grad-Match's reference training
+        loop divides by sum(w) per batch instead; measured here with the heavy-tailed OMP weights (median
+        0.1, max ~35) that rescales steps by 64 / sum(w) and did much worse (3 seeds, CPU): digits gradmatch
+        57.3% vs 98.9%, Grad-Match 88.6% vs 99.0%; Fashion-MNIST Grad-Match 61.8% vs 64.2%.
         """
         losses = F.cross_entropy(self.model(x), y, reduction="none")
-        if weight is None:
-            loss = losses.mean()
-        else:
-            loss = (losses * weight).sum() / weight.sum().clamp_min(1e-12)
+        loss = losses.mean() if weight is None else (losses * weight).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
