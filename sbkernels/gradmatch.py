@@ -79,16 +79,18 @@ def _lipschitz(gram_s: Tensor, iterations: int = 20) -> Tensor:
 
 
 def omp_nnls(
-    gram: Tensor, target_dot: Tensor, target_sq: Tensor, k: int, steps: int = 60
+    gram: Tensor, target_dot: Tensor, target_sq: Tensor, k: int, steps: int = 60, ridge: float = 0.0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Greedy non-negative matching pursuit in Gram form.
 
-    Minimizes ``||sum_{i in S} w_i g_i - t||^2 = t_sq - 2 w.b_S + w^T K_SS w`` over |S| <= k, w >= 0, given
-    ``K = gram`` (n, n), ``b = target_dot`` (n,) = <g_i, t> and ``t_sq`` = ||t||^2.
+    Minimizes ``||sum_{i in S} w_i g_i - t||^2 + ridge * ||w||^2`` over |S| <= k, w >= 0, where the squared
+    residual is ``t_sq - 2 w.b_S + w^T K_SS w``, given ``K = gram`` (n, n), ``b = target_dot`` (n,) =
+    <g_i, t> and ``t_sq`` = ||t||^2.
 
     Each iteration adds the unpicked column most positively correlated with the residual,
     ``argmax_j b_j - (K w)_j``, then refits all weights by projected gradient descent with step 1/L started
-    from the previous weights (the new one at 0), so the residual never increases.
+    from the previous weights (the new one at 0). With ``ridge = 0`` the residual therefore never increases;
+    ``ridge > 0`` (Grad-Match's regularized OMP) trades a little residual for evenly spread weights.
 
     Returns ``(picked, weights, residual_sq)``: (k,) indices in pick order, (k,) weights >= 0, and (k,) the
     squared residual after each iteration.
@@ -109,9 +111,10 @@ def omp_nnls(
         taken = taken | (torch.arange(n, device=device) == j)
         k_s = gram[picked][:, picked] * (active[:, None] & active[None, :])
         b_s = torch.where(active, target_dot[picked], 0.0)
-        step = 1.0 / _lipschitz(k_s)
+        k_fit = k_s + ridge * torch.diag(active.to(dtype))
+        step = 1.0 / _lipschitz(k_fit)
         for _ in range(steps):
-            weights = torch.clamp_min(weights - step * (k_s @ weights - b_s), 0.0) * active
+            weights = torch.clamp_min(weights - step * (k_fit @ weights - b_s), 0.0) * active
         history[it] = target_sq - 2 * weights @ b_s + weights @ (k_s @ weights)
     return picked, weights, history.clamp_min(0.0)
 

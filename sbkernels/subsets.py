@@ -9,8 +9,9 @@
   choice of whole batches covering the budget.
 
 Subsets are index/weight tensors; :func:`weighted_batches` turns one into ``(inputs, targets, weights)``
-mini-batches of in-memory tensors. Weights are scaled so that the mean over the subset of
-``weight_i * loss_i`` approximates the mean loss over the whole training set.
+mini-batches of in-memory tensors. Grad-Match weights are normalized to mean 1 over the subset, so
+``mean(weight * loss)`` has the scale of the plain mean loss (the ridge of the regularized OMP shrinks the
+raw weights; their relative sizes carry the matching).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class GradMatch:
             Gram matrices are per class, so memory is sum_c n_c^2 instead of n^2).
         warm_start_epochs: full-data epochs before the first selection.
         steps: projected-gradient steps of each NNLS refit.
+        ridge: L2 penalty of the regularized OMP, relative to the mean squared gradient norm of the group
+            (Grad-Match regularizes its OMP; without it a few examples get very large weights).
         recorder: a :class:`SubsetRecorder` that saves every round.
     """
 
@@ -70,6 +73,7 @@ class GradMatch:
         per_class: bool = True,
         warm_start_epochs: int = 0,
         steps: int = 40,
+        ridge: float = 0.5,
         recorder: SubsetRecorder | None = None,
     ) -> None:
         if not 0.0 < fraction <= 1.0:
@@ -77,7 +81,7 @@ class GradMatch:
         if select_every < 1 or warm_start_epochs < 0:
             raise ValueError("select_every must be >= 1 and warm_start_epochs >= 0")
         self.num_samples, self.fraction, self.select_every = num_samples, fraction, select_every
-        self.per_class, self.warm_start_epochs, self.steps = per_class, warm_start_epochs, steps
+        self.per_class, self.warm_start_epochs, self.steps, self.ridge = per_class, warm_start_epochs, steps, ridge
         self.recorder = recorder
         self.current: Subset | None = None
 
@@ -100,14 +104,15 @@ class GradMatch:
             rows = torch.arange(n, device=r.device) if group is None else group
             k = max(1, round(self.fraction * len(rows)))
             gram = last_layer_gram(r[rows], None if features is None else features[rows])
-            chosen, w, _ = omp_nnls(gram, gram.mean(dim=1), gram.mean(), k, self.steps)
+            ridge = self.ridge * float(gram.diagonal().mean())  # one host read per group and round
+            chosen, w, _ = omp_nnls(gram, gram.mean(dim=1), gram.mean(), k, self.steps, ridge)
             keep = w > 0
             # sum_i w_i g_i matches this group's mean gradient; the group holds len(rows)/n of the data.
             picked.append(rows[chosen[keep]])
             weights.append(w[keep] * len(rows) / n)
         indices = torch.cat(picked)
         scaled = torch.cat(weights).float()
-        scaled = scaled * len(indices)  # mean over the subset of weight * loss ~ mean loss over all data
+        scaled = scaled * len(scaled) / scaled.sum().clamp_min(1e-30)  # mean 1: the plain mean's loss scale
         order = torch.argsort(indices)
         self.current = Subset(epoch, indices[order].cpu(), scaled[order].cpu())
         if self.recorder is not None:

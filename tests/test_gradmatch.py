@@ -177,3 +177,18 @@ def test_random_pb_covers_the_budget_with_whole_fixed_batches():
         assert len(batches) == pb.budget and all(tuple(b.tolist()) in fixed for b in batches)
         assert len({tuple(b.tolist()) for b in batches}) == pb.budget
     assert len({tuple(tuple(b.tolist()) for b in e) for e in epochs}) > 1  # a new draw each epoch
+
+
+def test_ridge_spreads_the_weights_and_keeps_the_subset_mean_at_one():
+    gen = torch.Generator().manual_seed(9)
+    n = 400
+    labels = torch.randint(0, 4, (n,), generator=gen)
+    logits = torch.randn(n, 4, generator=gen) * 3
+    r = torch.softmax(logits, 1) - torch.nn.functional.one_hot(labels, 4).float()
+    features = torch.relu(torch.randn(n, 16, generator=gen) * 4)
+    spread = {}
+    for ridge in (0.0, 0.5):
+        subset = GradMatch(n, fraction=0.25, ridge=ridge).select(0, r, labels, features)
+        torch.testing.assert_close(subset.weights.mean(), torch.tensor(1.0))
+        spread[ridge] = float(subset.weights.max() / subset.weights.median())
+    assert spread[0.5] < spread[0.0] / 2, spread
