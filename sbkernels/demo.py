@@ -12,8 +12,9 @@ A plot of test error against wall time and against backward examples is written 
 curve. Methods: the full baseline; SB at beta 1, 2, 3; uniform random selection at the backward budget SB
 beta 2 used; Composer's "keep" at 0.5; Stale-SB (n = 3, beta 2). With ``--methods subsets`` (or ``all``)
 also, at the same budget: in-batch gradient matching ("gradmatch", seed 002), Grad-Match over the whole
-training set (warm start 1 epoch, a new subset every 2 epochs), Cached-Grad-Match (seed 0's Grad-Match
-rounds replayed by every seed) and RandomPB (random fixed batches, seed 003).
+training set (regularized OMP per class, warm start 1 epoch, a new subset every 2 epochs),
+Cached-Grad-Match (seed 0's Grad-Match rounds replayed by every seed) and RandomPB (random fixed batches,
+seed 003).
 """
 
 from __future__ import annotations
@@ -179,11 +180,11 @@ class Context:
     def step(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Forward with grad + backward + optimizer step; returns the per-example losses (detached).
 
-        Weighted batches use mean(w * loss): the gradient-matching weights are scaled so that this matches
-        the full batch's (or full training set's) mean gradient in scale. Grad-Match's reference training
-        loop divides by sum(w) per batch instead; measured here with the heavy-tailed OMP weights (median
-        0.1, max ~35) that rescales steps by 64 / sum(w) and did much worse (3 seeds, CPU): digits gradmatch
-        57.3% vs 98.9%, Grad-Match 88.6% vs 99.0%; Fashion-MNIST Grad-Match 61.8% vs 64.2%.
+        Weighted batches use mean(w * loss): in-batch gradmatch weights are scaled so that this matches the
+        batch's mean gradient, Grad-Match subset weights have mean 1. Grad-Match's reference training loop
+        divides by sum(w) per batch instead; measured here before the OMP was regularized (heavy-tailed
+        weights, median 0.1, max ~35), that rescaled steps by 64 / sum(w) and did much worse (3 seeds, CPU):
+        digits gradmatch 57.3% vs 98.9%, Grad-Match 88.6% vs 99.0%; Fashion-MNIST Grad-Match 61.8% vs 64.2%.
         """
         losses = F.cross_entropy(self.model(x), y, reduction="none")
         loss = losses.mean() if weight is None else (losses * weight).mean()
