@@ -269,7 +269,7 @@ class SubsetTrainer:
         else:
             self.selector = GradMatch(
                 len(ctx.y), fraction=ctx.budget, select_every=options.get("select_every", 2),
-                warm_start_epochs=options.get("warm_start_epochs", 1),
+                warm_start_epochs=options.get("warm_start_epochs", 1), ridge=options.get("ridge", 0.5),
                 recorder=SubsetRecorder(ctx.subset_file) if ctx.seed == 0 else None,
             )  # fmt: skip
             self.provider = self.selector
