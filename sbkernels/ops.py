@@ -79,6 +79,45 @@ def _resolve_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
+def check_input(
+    source: Tensor, targets: Tensor | None, state: SelectorState, backend: str | None, from_logits: bool
+) -> str:
+    """Check (logits, targets) or losses, and the state's device; return the resolved backend."""
+    if from_logits:
+        _checks.check_logits_targets(source, targets)
+    else:
+        _checks.check_losses(source)
+    _checks.check_state(state, source.device, "logits" if from_logits else "losses")
+    return _resolve_backend(backend, source.device)
+
+
+def run_select(
+    source: Tensor,
+    targets: Tensor | None,
+    state: SelectorState,
+    beta: float,
+    floor: float,
+    prime: int,
+    ignore_index: int,
+    label_smoothing: float,
+    fixed_prob: float,
+    backend: str | None,
+    from_logits: bool,
+) -> Selection:
+    """Check the input and run the select op on (logits, targets) or on losses (``targets`` unused)."""
+    backend = check_input(source, targets, state, backend, from_logits)
+    if from_logits:
+        out = torch.ops.sbkernels.select_sb(
+            source, targets, state.history, state.meta, float(beta), float(floor), prime, ignore_index,
+            float(label_smoothing), float(fixed_prob), backend,
+        )  # fmt: skip
+    else:
+        out = torch.ops.sbkernels.select_sb_losses(
+            source, state.history, state.meta, float(beta), float(floor), prime, float(fixed_prob), backend
+        )
+    return Selection(*out, None)
+
+
 def select(
     logits: Tensor,
     targets: Tensor,
@@ -114,17 +153,13 @@ def select(
     Returns:
         A :class:`Selection` (indices, count, loss, prob; weight is None).
     """
-    _checks.check_logits_targets(logits, targets)
-    _checks.check_state(state, logits.device, "logits")
     _checks.check_sb_params(beta, floor, prime, label_smoothing)
-    backend = _resolve_backend(backend, logits.device)
-    indices, count, loss, prob = torch.ops.sbkernels.select_sb(
-        logits, targets, state.history, state.meta, float(beta), float(floor), prime, ignore_index,
-        float(label_smoothing), -1.0, backend,
-    )  # fmt: skip
+    selection = run_select(
+        logits, targets, state, beta, floor, prime, ignore_index, label_smoothing, -1.0, backend, from_logits=True
+    )
     if validate:
         state.check()
-    return Selection(indices, count, loss, prob, None)
+    return selection
 
 
 def select_losses(
@@ -141,10 +176,5 @@ def select_losses(
     Same rule as :func:`select` with the loss given: non-finite losses are never selected nor pushed.
     """
     _checks.check_losses(losses)
-    _checks.check_state(state, losses.device, "losses")
     _checks.check_sb_params(beta, floor, prime)
-    backend = _resolve_backend(backend, losses.device)
-    indices, count, loss, prob = torch.ops.sbkernels.select_sb_losses(
-        losses, state.history, state.meta, float(beta), float(floor), prime, -1.0, backend
-    )
-    return Selection(indices, count, loss, prob, None)
+    return run_select(losses, None, state, beta, floor, prime, -100, 0.0, -1.0, backend, from_logits=False)

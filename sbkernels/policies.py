@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _checks, reference, sampling
+from . import reference, sampling
 from .kernels.row_stats import launch_row_stats
-from .ops import _resolve_backend, _use_triton
+from .ops import _use_triton, check_input, run_select
 from .selection import Selection
 from .state import META_STEP, SelectorState
 
@@ -44,14 +44,8 @@ def _stats(
     source: Tensor, targets: Tensor | None, state: SelectorState, ignore_index: int, backend: str | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Validate, compute (loss, score, u) and the validity mask, and advance the state's step."""
-    if targets is None:
-        _checks.check_losses(source)
-        logits, losses = None, source
-    else:
-        _checks.check_logits_targets(source, targets)
-        logits, losses = source, None
-    _checks.check_state(state, source.device, "the input")
-    backend = _resolve_backend(backend, source.device)
+    backend = check_input(source, targets, state, backend, from_logits=targets is not None)
+    logits, losses = (source, None) if targets is not None else (None, source)
     loss, score, u = torch.ops.sbkernels.row_stats(logits, targets, losses, state.meta, ignore_index, backend)
     valid = torch.isfinite(loss)
     if targets is not None:
@@ -107,21 +101,9 @@ def select_uniform(
     if rate is not None:
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {rate!r}")
-        if targets is None:
-            _checks.check_losses(source)
-            _checks.check_state(state, source.device, "losses")
-            backend = _resolve_backend(backend, source.device)
-            out = torch.ops.sbkernels.select_sb_losses(
-                source, state.history, state.meta, 1.0, 0.0, 0, float(rate), backend
-            )
-        else:
-            _checks.check_logits_targets(source, targets)
-            _checks.check_state(state, source.device, "logits")
-            backend = _resolve_backend(backend, source.device)
-            out = torch.ops.sbkernels.select_sb(
-                source, targets, state.history, state.meta, 1.0, 0.0, 0, ignore_index, 0.0, float(rate), backend
-            )
-        return Selection(*out, None)
+        return run_select(
+            source, targets, state, 1.0, 0.0, 0, ignore_index, 0.0, rate, backend, from_logits=targets is not None
+        )
     _check_k(k, source.shape[0])
     loss, _, u, valid = _stats(source, targets, state, ignore_index, backend)
     indices, count = sampling.sample_without_replacement(valid.float(), u, k)
