@@ -21,10 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .select_sb import _SEED, _STEP, _launchable, logsumexp_rows
+from .select_sb import _SEED, _STEP, _launchable, _num_warps, logsumexp_rows
 
 _TILE = 4096
 _MAX_BLOCK_C = 4096
+
+
+def launch_config(n: int, num_classes: int, from_logits: bool = True) -> dict[str, int]:
+    """Block sizes and warps of :func:`row_stats_kernel` and :func:`residual_kernel` (C = 1 for losses)."""
+    block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C) if from_logits else 1
+    block_m = min(max(1, min(256, _TILE // block_c)), triton.next_power_of_2(n))
+    return {"BLOCK_M": block_m, "BLOCK_C": block_c, "num_warps": _num_warps(block_m, block_c)}
 
 
 @triton.jit
@@ -86,17 +93,15 @@ def launch_row_stats(
     loss = torch.empty(n, dtype=torch.float32, device=source.device)
     score = torch.zeros(n, dtype=torch.float32, device=source.device) if not from_logits else torch.empty_like(loss)
     u = torch.empty_like(loss)
-    block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C) if from_logits else 1
-    block_m = min(max(1, min(256, _TILE // block_c)), triton.next_power_of_2(n))
+    config = launch_config(n, num_classes, from_logits)
     kernel = _launchable(row_stats_kernel, meta)
     if kernel is not None:
-        kernel[(triton.cdiv(n, block_m),)](
+        kernel[(triton.cdiv(n, config["BLOCK_M"]),)](
             logits, logits.stride(0) if from_logits else 0,
             targets, targets.stride(0) if from_logits else 0,
             losses, 0 if from_logits else losses.stride(0),
             meta, loss, score, u, n, num_classes, ignore_index,
-            FROM_LOGITS=from_logits, BLOCK_M=block_m, BLOCK_C=block_c,
-            num_warps=8 if block_m * block_c >= 2048 else 4,
+            FROM_LOGITS=from_logits, **config,
         )  # fmt: skip
     return loss, score, u
 
@@ -135,12 +140,10 @@ def launch_residual(
     n, num_classes = logits.shape
     r = torch.empty(n, num_classes, dtype=torch.float32, device=logits.device)
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
-    block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C)
-    block_m = min(max(1, min(256, _TILE // block_c)), triton.next_power_of_2(n))
+    config = launch_config(n, num_classes)
     kernel = _launchable(residual_kernel, logits)
     if kernel is not None:
-        kernel[(triton.cdiv(n, block_m),)](
-            logits, logits.stride(0), targets, targets.stride(0), r, loss, n, num_classes, ignore_index,
-            BLOCK_M=block_m, BLOCK_C=block_c, num_warps=8 if block_m * block_c >= 2048 else 4,
+        kernel[(triton.cdiv(n, config["BLOCK_M"]),)](
+            logits, logits.stride(0), targets, targets.stride(0), r, loss, n, num_classes, ignore_index, **config
         )  # fmt: skip
     return r, loss

@@ -221,7 +221,12 @@ def _launchable(kernel, probe: torch.Tensor):
     return torch.library.wrap_triton(kernel)
 
 
-def _blocks(n: int, num_classes: int, history_size: int, from_logits: bool) -> dict[str, int]:
+def _num_warps(block_m: int, block_c: int) -> int:
+    return 8 if block_m * block_c >= 2048 else 4
+
+
+def launch_config(n: int, num_classes: int, history_size: int, from_logits: bool) -> dict[str, int]:
+    """Block sizes and warps of :func:`select_sb_kernel` for N rows and C classes (C = 1 for given losses)."""
     if from_logits:
         block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C)
         block_m = max(1, min(_MAX_BLOCK_M, _TILE // block_c))
@@ -231,7 +236,10 @@ def _blocks(n: int, num_classes: int, history_size: int, from_logits: bool) -> d
     block_m = min(block_m, triton.next_power_of_2(n))
     block_h = min(max(16, _TILE // block_m), triton.next_power_of_2(history_size))
     block_scan = min(_BLOCK_SCAN, triton.next_power_of_2(n))
-    return {"BLOCK_M": block_m, "BLOCK_C": block_c, "BLOCK_H": block_h, "BLOCK_SCAN": block_scan}
+    return {
+        "BLOCK_M": block_m, "BLOCK_C": block_c, "BLOCK_H": block_h, "BLOCK_SCAN": block_scan,
+        "num_warps": _num_warps(block_m, block_c),
+    }  # fmt: skip
 
 
 def launch_select_sb(
@@ -261,9 +269,8 @@ def launch_select_sb(
     count = torch.empty((), dtype=torch.int32, device=device)
     loss = torch.empty(n, dtype=torch.float32, device=device)
     prob = torch.empty(n, dtype=torch.float32, device=device)
-    blocks = _blocks(n, num_classes, history.numel(), from_logits)
-    grid = (triton.cdiv(n, blocks["BLOCK_M"]),)
-    num_warps = 8 if blocks["BLOCK_M"] * blocks["BLOCK_C"] >= 2048 else 4
+    config = launch_config(n, num_classes, history.numel(), from_logits)
+    grid = (triton.cdiv(n, config["BLOCK_M"]),)
     kernel = _launchable(select_sb_kernel, history)
     if kernel is None:
         return indices, count, loss, prob
@@ -274,6 +281,6 @@ def launch_select_sb(
         history, meta, loss, prob, indices, count,
         n, num_classes, history.numel(), float(beta), beta_int, float(floor), prime, ignore_index,
         float(label_smoothing), float(fixed_prob),
-        FROM_LOGITS=from_logits, FIXED_PROB=fixed_prob >= 0, num_warps=num_warps, **blocks,
+        FROM_LOGITS=from_logits, FIXED_PROB=fixed_prob >= 0, **config,
     )  # fmt: skip
     return indices, count, loss, prob
