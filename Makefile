@@ -8,7 +8,7 @@ DEPS := triton:triton numpy:numpy pytest:pytest hypothesis:hypothesis scipy:scip
         pytest_benchmark:pytest-benchmark sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm ruff:ruff \
         ninja:ninja
 
-.PHONY: all deps build lint test cuda-compile demo bench clean
+.PHONY: all deps build lint test cuda-compile cuda-binding-check demo bench clean
 
 all: test
 
@@ -27,7 +27,7 @@ lint: deps
 
 test: build lint
 	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q
-	$(MAKE) --no-print-directory cuda-compile
+	$(MAKE) --no-print-directory cuda-compile cuda-binding-check
 
 # Compiles every pure-CUDA source for each arch in CUDA_ARCHS (no GPU needed).
 cuda-compile:
@@ -39,6 +39,26 @@ cuda-compile:
 	      -c $$src -o build/nvcc/$$(basename $$src .cu).sm_$$arch.o || exit 1; \
 	  done; done; \
 	else echo "nvcc not found: CUDA sources not compiled"; fi
+
+# Syntax-checks the torch-facing CUDA bindings (csrc/cuda/*.cpp) against the installed torch's c10 CUDA headers
+# and nvcc's CUDA runtime headers, so an API slip fails here and not first on a GPU machine. A CPU-only torch
+# lacks one generated header, c10/cuda/impl/cuda_cmake_macros.h; a copy of its one definition stands in,
+# searched after torch's own include paths.
+CXX ?= g++
+cuda-binding-check:
+	@if command -v $(NVCC) >/dev/null 2>&1; then \
+	  mkdir -p build/shim/c10/cuda/impl; \
+	  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/shim/c10/cuda/impl/cuda_cmake_macros.h; \
+	  cuda_inc=$$($(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 \
+	    | sed -n 's/.*INCLUDES="\([^"]*\)".*/\1/p' | head -1 | sed 's/-I/-isystem /g'); \
+	  torch_inc=$$($(PYTHON) -c "import torch.utils.cpp_extension as c; \
+	    print(' '.join('-isystem ' + p for p in c.include_paths()))"); \
+	  for src in csrc/cuda/*.cpp; do \
+	    echo "$(CXX) -fsyntax-only $$src"; \
+	    $(CXX) -std=c++17 -fsyntax-only -Wall -Wextra -Werror $$torch_inc -isystem build/shim $$cuda_inc \
+	      $$src || exit 1; \
+	  done; \
+	else echo "nvcc not found: CUDA bindings not checked"; fi
 
 demo: build
 	$(PYTHON) -m sbkernels.demo

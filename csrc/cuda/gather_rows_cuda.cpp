@@ -1,8 +1,10 @@
 // Torch-facing CUDA binding of sbkernels::gather_rows: turns tensors into GatherParams and launches the
-// kernel of gather_rows_kernel.cu on the current stream. Built only when torch has CUDA.
-#include <ATen/cuda/CUDAContext.h>
+// kernel of gather_rows_kernel.cu on the current stream. Built only when torch has CUDA. It includes only
+// c10's CUDA headers (which need no CUDA library headers beyond the runtime's), so CI syntax-checks it with
+// a CPU-only torch (make cuda-compile).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -49,7 +51,7 @@ void gather_rows_cuda(at::TensorList sources, const at::Tensor& indices, const a
                       at::TensorList outputs, const at::Tensor& cursor) {
   const int64_t capacity = check_gather_args(sources, indices, count, outputs, cursor, c10::kCUDA);
   const c10::cuda::CUDAGuard guard(indices.device());
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto num = static_cast<int64_t>(sources.size());
   for (int64_t first = 0; first < num; first += kGatherMaxTensors) {
     GatherParams p{};
