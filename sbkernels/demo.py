@@ -142,6 +142,8 @@ def subset_methods() -> list[Method]:
     return [
         Method("gradmatch", "selective", {"policy": "gradmatch"}),  # k per batch: the budget
         Method("Grad-Match", "grad-match"),
+        # the same subsets' examples with weight 1: isolates the OMP weights' effect on training
+        Method("Grad-Match unweighted", "grad-match", {"weighted": False, "record": False}),
         Method("Cached-Grad-Match", "cached-grad-match"),  # replays seed 0's Grad-Match rounds
         Method("RandomPB", "random-pb"),
     ]
@@ -270,7 +272,8 @@ class SubsetTrainer:
             self.selector = GradMatch(
                 len(ctx.y), fraction=ctx.budget, select_every=options.get("select_every", 2),
                 warm_start_epochs=options.get("warm_start_epochs", 1), ridge=options.get("ridge", 0.5),
-                recorder=SubsetRecorder(ctx.subset_file) if ctx.seed == 0 else None,
+                weighted=options.get("weighted", True),
+                recorder=SubsetRecorder(ctx.subset_file) if ctx.seed == 0 and options.get("record", True) else None,
             )  # fmt: skip
             self.provider = self.selector
 

@@ -62,6 +62,8 @@ class GradMatch:
         steps: projected-gradient steps of each NNLS refit.
         ridge: L2 penalty of the regularized OMP, relative to the mean squared gradient norm of the group
             (Grad-Match regularizes its OMP; without it a few examples get very large weights).
+        weighted: train with the OMP weights (Grad-Match). ``False`` keeps the chosen examples but gives
+            each weight 1, which separates the choice of the subset from its weighting.
         recorder: a :class:`SubsetRecorder` that saves every round.
     """
 
@@ -74,6 +76,7 @@ class GradMatch:
         warm_start_epochs: int = 0,
         steps: int = 40,
         ridge: float = 0.5,
+        weighted: bool = True,
         recorder: SubsetRecorder | None = None,
     ) -> None:
         if not 0.0 < fraction <= 1.0:
@@ -82,6 +85,7 @@ class GradMatch:
             raise ValueError("select_every must be >= 1 and warm_start_epochs >= 0")
         self.num_samples, self.fraction, self.select_every = num_samples, fraction, select_every
         self.per_class, self.warm_start_epochs, self.steps, self.ridge = per_class, warm_start_epochs, steps, ridge
+        self.weighted = weighted
         self.recorder = recorder
         self.current: Subset | None = None
 
@@ -113,6 +117,8 @@ class GradMatch:
         indices = torch.cat(picked)
         scaled = torch.cat(weights).float()
         scaled = scaled * len(scaled) / scaled.sum().clamp_min(1e-30)  # mean 1: the plain mean's loss scale
+        if not self.weighted:
+            scaled = torch.ones_like(scaled)
         order = torch.argsort(indices)
         self.current = Subset(epoch, indices[order].cpu(), scaled[order].cpu())
         if self.recorder is not None:

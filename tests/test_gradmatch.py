@@ -167,6 +167,18 @@ def test_grad_match_subsets_record_and_replay(tmp_path):
     assert sorted(seen.tolist()) == chosen[3].indices.tolist()
 
 
+def test_unweighted_grad_match_keeps_the_subset_and_drops_the_weights():
+    gen = torch.Generator().manual_seed(9)
+    n = 240
+    labels = torch.randint(0, 4, (n,), generator=gen)
+    r = torch.softmax(torch.randn(n, 4, generator=gen) * 3, 1) - torch.nn.functional.one_hot(labels, 4).float()
+    features = torch.randn(n, 6, generator=gen)
+    weighted = GradMatch(n, fraction=0.2).select(1, r, labels, features)
+    plain = GradMatch(n, fraction=0.2, weighted=False).select(1, r, labels, features)
+    assert torch.equal(plain.indices, weighted.indices)
+    assert torch.all(plain.weights == 1) and not torch.all(weighted.weights == 1)
+
+
 def test_random_pb_covers_the_budget_with_whole_fixed_batches():
     pb = RandomPB(1003, batch_size=50, fraction=0.3, seed=4)
     fixed = {tuple(b.tolist()) for b in pb.fixed}
