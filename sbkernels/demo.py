@@ -37,7 +37,7 @@ from torch import nn
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 TARGET_FACTOR = 1.1  # "time to reach 1.1x the baseline's final error"
 DEFAULT_BUDGET = 0.3  # backward share of the budget-matched methods when SB beta=2 is not run
-BUDGETED = ("uniform", "gradmatch", "Grad-Match", "Cached-Grad-Match", "RandomPB")
+BUDGETED = ("uniform", "gradmatch", "Grad-Match", "Grad-Match unweighted", "Cached-Grad-Match", "RandomPB")
 
 
 # ------------------------------------------------------------------------------------------- data
