@@ -72,7 +72,7 @@ def cases():
             consts = {"FROM_LOGITS": from_logits, "FIXED_PROB": fixed, **config}
             name = f"select_sb N={n} C={c} {dtype} fixed_prob={fixed}"
             yield name, select_sb.select_sb_kernel, types, consts, num_warps
-        config = row_stats.launch_config(n, max(c, 1), from_logits)
+        config = select_sb.row_blocks(n, max(c, 1), from_logits)
         num_warps = config.pop("num_warps")
         yield f"row_stats N={n} C={c} {dtype}", row_stats.row_stats_kernel, types, \
             {"FROM_LOGITS": from_logits, **config}, num_warps  # fmt: skip

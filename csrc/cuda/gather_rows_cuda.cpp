@@ -1,7 +1,7 @@
 // Torch-facing CUDA binding of sbkernels::gather_rows: turns tensors into GatherParams and launches the
 // kernel of gather_rows_kernel.cu on the current stream. Built only when torch has CUDA. It includes only
 // c10's CUDA headers (which need no CUDA library headers beyond the runtime's), so CI syntax-checks it with
-// a CPU-only torch (make cuda-compile).
+// a CPU-only torch (make cuda-binding-check).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

@@ -21,17 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .select_sb import _SEED, _STEP, _launchable, _num_warps, logsumexp_rows
-
-_TILE = 4096
-_MAX_BLOCK_C = 4096
-
-
-def launch_config(n: int, num_classes: int, from_logits: bool = True) -> dict[str, int]:
-    """Block sizes and warps of :func:`row_stats_kernel` and :func:`residual_kernel` (C = 1 for losses)."""
-    block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C) if from_logits else 1
-    block_m = min(max(1, min(256, _TILE // block_c)), triton.next_power_of_2(n))
-    return {"BLOCK_M": block_m, "BLOCK_C": block_c, "num_warps": _num_warps(block_m, block_c)}
+from .select_sb import _SEED, _STEP, _launchable, logsumexp_rows, row_blocks
 
 
 @triton.jit
@@ -93,7 +83,7 @@ def launch_row_stats(
     loss = torch.empty(n, dtype=torch.float32, device=source.device)
     score = torch.zeros(n, dtype=torch.float32, device=source.device) if not from_logits else torch.empty_like(loss)
     u = torch.empty_like(loss)
-    config = launch_config(n, num_classes, from_logits)
+    config = row_blocks(n, num_classes, from_logits)
     kernel = _launchable(row_stats_kernel, meta)
     if kernel is not None:
         kernel[(triton.cdiv(n, config["BLOCK_M"]),)](
@@ -140,7 +130,7 @@ def launch_residual(
     n, num_classes = logits.shape
     r = torch.empty(n, num_classes, dtype=torch.float32, device=logits.device)
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
-    config = launch_config(n, num_classes)
+    config = row_blocks(n, num_classes, from_logits=True)
     kernel = _launchable(residual_kernel, logits)
     if kernel is not None:
         kernel[(triton.cdiv(n, config["BLOCK_M"]),)](

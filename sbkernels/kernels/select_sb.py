@@ -221,12 +221,8 @@ def _launchable(kernel, probe: torch.Tensor):
     return torch.library.wrap_triton(kernel)
 
 
-def _num_warps(block_m: int, block_c: int) -> int:
-    return 8 if block_m * block_c >= 2048 else 4
-
-
-def launch_config(n: int, num_classes: int, history_size: int, from_logits: bool) -> dict[str, int]:
-    """Block sizes and warps of :func:`select_sb_kernel` for N rows and C classes (C = 1 for given losses)."""
+def row_blocks(n: int, num_classes: int, from_logits: bool) -> dict[str, int]:
+    """BLOCK_M, BLOCK_C and warps of the row kernels (select_sb, row_stats, residual); C = 1 for losses."""
     if from_logits:
         block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C)
         block_m = max(1, min(_MAX_BLOCK_M, _TILE // block_c))
@@ -234,12 +230,15 @@ def launch_config(n: int, num_classes: int, history_size: int, from_logits: bool
         block_c = 1
         block_m = _MAX_BLOCK_M
     block_m = min(block_m, triton.next_power_of_2(n))
-    block_h = min(max(16, _TILE // block_m), triton.next_power_of_2(history_size))
-    block_scan = min(_BLOCK_SCAN, triton.next_power_of_2(n))
-    return {
-        "BLOCK_M": block_m, "BLOCK_C": block_c, "BLOCK_H": block_h, "BLOCK_SCAN": block_scan,
-        "num_warps": _num_warps(block_m, block_c),
-    }  # fmt: skip
+    return {"BLOCK_M": block_m, "BLOCK_C": block_c, "num_warps": 8 if block_m * block_c >= 2048 else 4}
+
+
+def launch_config(n: int, num_classes: int, history_size: int, from_logits: bool) -> dict[str, int]:
+    """Block sizes and warps of :func:`select_sb_kernel`: :func:`row_blocks` plus the history and scan blocks."""
+    config = row_blocks(n, num_classes, from_logits)
+    config["BLOCK_H"] = min(max(16, _TILE // config["BLOCK_M"]), triton.next_power_of_2(history_size))
+    config["BLOCK_SCAN"] = min(_BLOCK_SCAN, triton.next_power_of_2(n))
+    return config
 
 
 def launch_select_sb(
