@@ -12,7 +12,10 @@ How it avoids stalling the GPU:
 
 The host keeps only lower and upper bounds on the rows held. Before a push it checks that even the upper
 bound fits the capacity; only if it cannot be sure does it wait for an outstanding readback, and if the
-pool really is full it raises. Rows are never dropped. On CPU the same code runs synchronously.
+pool really is full it raises. ``ready_batches`` likewise waits and drains when the bounds cannot show that
+another push of the largest size seen fits, so a loop of push + ready_batches never finds the pool full.
+Rows are never dropped. On CPU the same code runs synchronously; the tests also run the asynchronous
+path on CPU, with readbacks that complete late.
 """
 
 from __future__ import annotations
@@ -67,9 +70,10 @@ class SelectionPool:
     Args:
         batch_size: rows per backward batch.
         capacity: rows the device buffers hold. Default: ``batch_size + 2 * N`` for the largest N pushed
-            so far (the buffers grow, on the device, when a larger push arrives), so that a push never has
-            to wait. An explicit capacity is fixed and must be at least ``batch_size - 1 + N`` for every
-            push (checked, with a clear error).
+            so far (the buffers grow, on the device, when a larger push arrives), so that the host never
+            waits while the GPU is at most one push behind. An explicit capacity is fixed and must be at
+            least ``batch_size - 1 + N`` for every push (checked, with a clear error); the tighter it is,
+            the more often the host waits for a row count.
 
     Every selected row comes out exactly once, in selection order: in a batch from ``ready_batches`` or
     in the final batch from ``flush``. A yielded batch is a view into the pool, valid until the next
@@ -95,8 +99,10 @@ class SelectionPool:
         self._rows_out = 0  # rows handed out (exact)
         self._rows_in = 0  # rows gathered in, as far as completed readbacks tell (a lower bound)
         self._pending: deque[_Readback] = deque()
+        self._largest_push = 0  # the largest N pushed: ready_batches keeps room for one more such push
         self._free_host: list[Tensor] = []
-        #: times a push had to wait for an outstanding readback to be sure it fits (0 in steady state)
+        #: times the host waited for an outstanding readback to be sure the next push fits (0 at the default
+        #: capacity while the GPU is at most one push behind)
         self.host_waits = 0
 
     # ----------------------------------------------------------------------------------------- public
@@ -127,6 +133,7 @@ class SelectionPool:
         if self._layouts is None:
             self._allocate(tensors, n, device)
         self._check_matches(tensors, device)
+        self._largest_push = max(self._largest_push, n)
         self._reserve(n)
         sources = [t.permute(layout.perm) for t, layout in zip(tensors, self._layouts, strict=True)]
         gather_rows(sources, selection.indices, selection.count, self._buffers, self._cursor)
@@ -135,15 +142,24 @@ class SelectionPool:
     def ready_batches(self, sync: bool = False):
         """Yield every batch of exactly ``batch_size`` rows the host knows is complete.
 
-        Never waits for the GPU unless ``sync=True`` (use that at epoch end, before ``flush``).
+        Does not wait for the GPU unless ``sync=True`` (use that at epoch end, before ``flush``) or the
+        capacity is too tight to be sure the next push fits; then it waits and drains, so that a loop of
+        ``push`` + ``ready_batches`` never finds the pool full.
         """
         if self._layouts is None:
             return
         if sync:
             self._wait_all()
-        self._poll()
-        while self._rows_in - self._rows_out >= self.batch_size:
-            yield self._pop()
+        while True:
+            self._poll()
+            while self._rows_in - self._rows_out >= self.batch_size:
+                yield self._pop()
+            if not self._pending or self._upper_bound() + self._largest_push <= self._capacity:
+                return
+            # The bounds cannot show that a push as large as the largest so far will fit, and push cannot
+            # hand out batches: learn the real count now (waits for the GPU) and drain.
+            self.host_waits += 1
+            self._pending[0].event.synchronize()
 
     def flush(self) -> tuple[Tensor, ...] | None:
         """Synchronize and return every row still in the pool as one batch (None if empty).
@@ -254,15 +270,25 @@ class SelectionPool:
     def _upper_bound(self) -> int:
         return self._rows_in - self._rows_out + sum(r.rows_pushed for r in self._pending)
 
+    @property
+    def _asynchronous(self) -> bool:
+        """Whether the cursor's value reaches the host late (CUDA) or at once (CPU)."""
+        return self._cursor.device.type == "cuda"
+
     def _read_back(self, rows_pushed: int) -> None:
-        if self._cursor.device.type != "cuda":
+        if not self._asynchronous:
             self._rows_in = int(self._cursor[CURSOR_OFFSET]) + self._rows_out
             return
+        host, event = self._start_readback()
+        self._pending.append(_Readback(host, event, self._rows_out, rows_pushed))
+
+    def _start_readback(self) -> tuple[Tensor, torch.cuda.Event]:
+        """Copy the cursor to pinned host memory behind the work queued so far; the event marks the copy done."""
         host = self._free_host.pop() if self._free_host else torch.empty_like(self._cursor, device="cpu").pin_memory()
         host.copy_(self._cursor, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        self._pending.append(_Readback(host, event, self._rows_out, rows_pushed))
+        return host, event
 
     def _poll(self) -> None:
         while self._pending and self._pending[0].event.query():

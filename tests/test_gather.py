@@ -1,15 +1,41 @@
-"""gather_rows (C++ CPU, CUDA on the device) against torch.index_select."""
+"""gather_rows against torch.index_select, through every implementation of the op.
+
+- "cpu": the C++ CPU kernel.
+- "cuda-emulated": the CUDA kernel's own source and its binding's parameter code, run on the host
+  (tests/cuda_emulation), so CI covers the CUDA code path's indexing without a GPU.
+- "cuda": the real CUDA kernel, where a GPU is present.
+"""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from sbkernels.gather import CURSOR_INVALID, CURSOR_OFFSET, CURSOR_OVERFLOW, gather_rows, new_cursor
 
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+from . import cuda_emulation
+
+IMPLS = ["cpu", "cuda-emulated", *(["cuda"] if torch.cuda.is_available() else [])]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool]
 TRAILING = [(), (1,), (7,), (3, 28, 28), (2, 3, 5)]
+
+
+def emulated_gather(grid: int = 0) -> Callable[..., None]:
+    reason = cuda_emulation.load()
+    if reason is not None:
+        pytest.skip(reason)
+    return functools.partial(torch.ops.sbkernels_emulated.gather_rows, grid=grid)
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request) -> tuple[str, Callable[..., None]]:
+    """(device of the tensors, the gather_rows to call) for one implementation."""
+    if request.param == "cuda-emulated":
+        return "cpu", emulated_gather()
+    return request.param, gather_rows
 
 
 def random_tensor(shape, dtype, device, gen):
@@ -34,10 +60,10 @@ def selection(n, gen, frac, device):
     return indices.to(device), torch.tensor(chosen.numel(), dtype=torch.int32, device=device), chosen.to(device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("trailing", TRAILING, ids=str)
-def test_gather_matches_index_select(device, dtype, trailing):
+def test_gather_matches_index_select(impl, dtype, trailing):
+    device, gather = impl
     gen = torch.Generator().manual_seed(len(trailing) * 31 + DTYPES.index(dtype))
     n, capacity = 53, 80
     sources = [random_tensor((n, *trailing), dtype, device, gen), random_tensor((n,), torch.int64, device, gen)]
@@ -46,7 +72,7 @@ def test_gather_matches_index_select(device, dtype, trailing):
     cursor = new_cursor(device)
     cursor[CURSOR_OFFSET] = 5
     indices, count, chosen = selection(n, gen, 0.4, device)
-    gather_rows(sources, indices, count, outputs, cursor)
+    gather(sources, indices, count, outputs, cursor)
     k = chosen.numel()
     for src, out, before in zip(sources, outputs, out_copies, strict=True):
         assert torch.equal(out[5 : 5 + k], torch.index_select(src, 0, chosen))
@@ -54,8 +80,8 @@ def test_gather_matches_index_select(device, dtype, trailing):
     assert cursor.tolist()[:3] == [5 + k, 0, 0]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_non_contiguous_sources(device):
+def test_non_contiguous_sources(impl):
+    device, gather = impl
     gen = torch.Generator().manual_seed(1)
     base = torch.randn(40, 3, 28, 28, generator=gen).to(device)
     sources = [
@@ -69,53 +95,122 @@ def test_non_contiguous_sources(device):
     outputs = [poisoned_like(s, 6) for s in sources]
     cursor = new_cursor(device)
     indices = torch.tensor([4, 0, 2, 2, -1], device=device)
-    gather_rows(sources, indices, torch.tensor(4, device=device), outputs, cursor)
+    gather(sources, indices, torch.tensor(4, device=device), outputs, cursor)
     for src, out in zip(sources, outputs, strict=True):
         assert torch.equal(out[:4], src[[4, 0, 2, 2]])
     assert int(cursor[CURSOR_OFFSET]) == 4
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_count_zero_and_count_n_and_overflow(device):
+def test_count_zero_and_count_n_and_overflow(impl):
+    device, gather = impl
     gen = torch.Generator().manual_seed(2)
     src = random_tensor((10, 4), torch.float32, device, gen)
     out = poisoned_like(src, 12)
     cursor = new_cursor(device)
     all_rows = torch.arange(10, device=device)
-    gather_rows([src], all_rows, torch.tensor(0, device=device), [out], cursor)
+    gather([src], all_rows, torch.tensor(0, device=device), [out], cursor)
     assert cursor.tolist()[:3] == [0, 0, 0] and torch.all(out == 77)
-    gather_rows([src], all_rows, torch.tensor(10, device=device), [out], cursor)
+    gather([src], all_rows, torch.tensor(10, device=device), [out], cursor)
     assert torch.equal(out[:10], src) and int(cursor[CURSOR_OFFSET]) == 10
-    gather_rows([src], all_rows.flip(0), torch.tensor(5, dtype=torch.int64, device=device), [out], cursor)
+    gather([src], all_rows.flip(0), torch.tensor(5, dtype=torch.int64, device=device), [out], cursor)
     # Only 2 of 5 fit: rows 9 and 8 land, 3 rows are counted as overflow and never written.
     assert torch.equal(out[10:], src[[9, 8]])
     assert cursor.tolist()[:3] == [12, 3, 0]
-    gather_rows([src], all_rows, torch.tensor(4, device=device), [out], cursor)
+    gather([src], all_rows, torch.tensor(4, device=device), [out], cursor)
     assert cursor.tolist()[:3] == [12, 7, 0]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_invalid_indices_are_zero_filled_and_counted(device):
+def test_invalid_indices_are_zero_filled_and_counted(impl):
+    device, gather = impl
     src = torch.arange(1, 13, dtype=torch.float32, device=device).reshape(6, 2)
     out = torch.full((4, 2), 9.0, device=device)
     cursor = new_cursor(device)
     indices = torch.tensor([1, 6, -3, 0], dtype=torch.int32, device=device)
-    gather_rows([src], indices, torch.tensor(4, device=device), [out], cursor)
+    gather([src], indices, torch.tensor(4, device=device), [out], cursor)
     assert out.tolist() == [[3.0, 4.0], [0.0, 0.0], [0.0, 0.0], [1.0, 2.0]]
     assert cursor.tolist()[:3] == [4, 0, 2] and int(cursor[CURSOR_INVALID]) == 2
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_more_tensors_than_one_launch_holds(device):
+def test_more_tensors_than_one_launch_holds(impl):
+    device, gather = impl
     gen = torch.Generator().manual_seed(3)
     sources = [random_tensor((9, i + 1), torch.float32, device, gen) for i in range(11)]
     outputs = [poisoned_like(s, 9) for s in sources]
     cursor = new_cursor(device)
     indices, count, chosen = selection(9, gen, 0.6, device)
-    gather_rows(sources, indices, count, outputs, cursor)
+    gather(sources, indices, count, outputs, cursor)
     for src, out in zip(sources, outputs, strict=True):
         assert torch.equal(out[: chosen.numel()], src[chosen])
     assert int(cursor[CURSOR_OFFSET]) == chosen.numel() and int(cursor[CURSOR_OVERFLOW]) == 0
+
+
+def test_invalid_indices_counted_once_when_tensors_span_launches(impl):
+    device, gather = impl
+    gen = torch.Generator().manual_seed(5)
+    sources = [random_tensor((6, 2), torch.float32, device, gen) for _ in range(11)]  # two CUDA launches
+    outputs = [poisoned_like(s, 5) for s in sources]
+    cursor = new_cursor(device)
+    indices = torch.tensor([3, -1, 0, 6, 5], device=device)
+    gather(sources, indices, torch.tensor(5, device=device), outputs, cursor)
+    for src, out in zip(sources, outputs, strict=True):
+        assert torch.equal(out[[0, 2, 4]], src[[3, 0, 5]]) and torch.all(out[[1, 3]] == 0)
+    assert cursor.tolist()[:3] == [5, 0, 2]
+
+
+def copy_unit_cases(n: int, gen: torch.Generator) -> dict[str, tuple[torch.Tensor, list[int]]]:
+    """Sources that take each branch of the CUDA kernel: name -> (source, [vec_bytes, contiguous, units, chunks])."""
+    floats = torch.randn(n * 4 + 1, generator=gen)
+    return {
+        "16B rows": (torch.randn(n, 4, generator=gen), [16, 1, 1, 1]),
+        "8B rows": (torch.randn(n, 2, generator=gen), [8, 1, 1, 1]),
+        "12B rows": (torch.randn(n, 3, generator=gen), [4, 1, 3, 1]),
+        "6B rows": (torch.randn(n, 3, generator=gen).half(), [2, 1, 3, 1]),
+        "5B rows": (torch.randint(0, 255, (n, 5), generator=gen, dtype=torch.uint8), [1, 1, 5, 1]),
+        "misaligned start": (floats[1:].view(n, 4), [4, 1, 4, 1]),
+        "row stride 24B": (torch.randn(n, 6, generator=gen)[:, :4], [8, 1, 2, 1]),
+        "2 chunks of 16B": (torch.randn(n, 5000, generator=gen), [16, 1, 1250, 2]),
+        "3 chunks of 1B": (torch.randint(0, 255, (n, 2049), generator=gen, dtype=torch.uint8), [1, 1, 2049, 3]),
+        "strided, 3 chunks": (torch.randn(n, 3, 28, 28, generator=gen).permute(0, 2, 3, 1), [4, 0, 2352, 3]),
+        "strided fp16": (torch.randn(n, 7, 3, generator=gen).half().transpose(1, 2), [2, 0, 21, 1]),
+    }
+
+
+@pytest.mark.parametrize("case", list(copy_unit_cases(1, torch.Generator())), ids=str)
+def test_every_copy_unit_and_chunking(impl, case):
+    device, gather = impl
+    n = 9
+    src, plan = copy_unit_cases(n, torch.Generator().manual_seed(6))[case]
+    src = src.to(device)
+    out = poisoned_like(src, 12)
+    if device == "cpu" and gather is not gather_rows:  # the emulation also reports the binding's choice
+        assert torch.ops.sbkernels_emulated.copy_plan(src, out) == plan
+    cursor = new_cursor(device)
+    cursor[CURSOR_OFFSET] = 2
+    picked = [8, -1, 0, 4, 9, 4, 1]  # -1 and 9 are out of range: zero rows
+    gather([src], torch.tensor(picked, device=device), torch.tensor(7, device=device), [out], cursor)
+    for slot, row in enumerate(picked, start=2):
+        expected = src[row] if 0 <= row < n else torch.zeros_like(src[0])
+        assert torch.equal(out[slot], expected), (case, slot)
+    assert torch.equal(out[:2], poisoned_like(src, 2)) and torch.equal(out[9:], poisoned_like(src, 3))
+    assert cursor.tolist()[:3] == [9, 0, 2]
+
+
+@pytest.mark.parametrize("grid", [1, 2, 5, 0], ids=lambda g: f"grid{g or '=binding'}")
+def test_emulated_kernel_any_grid_size(grid):
+    """The grid-stride loop covers every (row, chunk) whatever the number of blocks; the cursor moves once."""
+    gather = emulated_gather(grid)
+    gen = torch.Generator().manual_seed(7)
+    sources = [torch.randn(30, 1500, generator=gen), torch.arange(30), torch.randn(30, 2, 5, generator=gen).mT]
+    outputs = [poisoned_like(s, 40) for s in sources]
+    cursor = new_cursor("cpu")
+    indices, count, chosen = selection(30, gen, 0.7, "cpu")
+    for _ in range(2):  # the second call appends after the first and overflows
+        gather(sources, indices, count, outputs, cursor)
+    k = chosen.numel()
+    fits = min(k, 40 - k)
+    for src, out in zip(sources, outputs, strict=True):
+        assert torch.equal(out[:k], src[chosen]) and torch.equal(out[k : k + fits], src[chosen[:fits]])
+    assert cursor.tolist() == [k + fits, k - fits, 0, 0]  # the ticket slot is reset after every launch
 
 
 def test_bad_arguments_raise():
@@ -138,7 +233,7 @@ def test_bad_arguments_raise():
 
 def test_opcheck_gather_rows():
     gen = torch.Generator().manual_seed(4)
-    for device in DEVICES:
+    for device in ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]:
         sources = [random_tensor((8, 3), torch.float32, device, gen), random_tensor((8,), torch.int64, device, gen)]
         outputs = [torch.zeros(10, 3, device=device), torch.zeros(10, dtype=torch.int64, device=device)]
         indices, count, _ = selection(8, gen, 0.5, device)

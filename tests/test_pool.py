@@ -1,4 +1,8 @@
-"""SelectionPool: every selected row exactly once, in selection order, in batches of exactly batch_size."""
+"""SelectionPool: every selected row exactly once, in selection order, in batches of exactly batch_size.
+
+Each test runs on three pools: the CPU pool (row counts known at once), a CPU pool whose counts arrive
+late like the CUDA pool's asynchronous readbacks ("cpu-late"), and the CUDA pool where a GPU is present.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,47 @@ from hypothesis import strategies as st
 import sbkernels
 from sbkernels import Selection, SelectionPool
 
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+DEVICES = ["cpu", "cpu-late", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+class LateEvent:
+    """Stands in for a CUDA event that completes only after ``polls`` more queries (the GPU running behind)."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+
+    def query(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+    def synchronize(self) -> None:
+        self.polls = -1
+
+
+class LateReadbackPool(SelectionPool):
+    """A CPU pool that takes the CUDA pool's asynchronous path: each count readback completes after 0 to
+    ``max_polls`` queries, so batches surface late and capacity is judged on bounds, as on a GPU."""
+
+    def __init__(self, batch_size: int, capacity: int | None = None, max_polls: int = 3, seed: int = 0) -> None:
+        super().__init__(batch_size, capacity)
+        self.max_polls = max_polls
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @property
+    def _asynchronous(self) -> bool:
+        return True
+
+    def _start_readback(self):
+        # CPU work is already done, so a copy now reads what the GPU's stream-ordered copy would.
+        polls = int(torch.randint(0, self.max_polls + 1, (1,), generator=self.gen))
+        return self._cursor.clone(), LateEvent(polls)
+
+
+def new_pool(device: str, batch_size: int, capacity: int | None = None) -> tuple[SelectionPool, str]:
+    """The pool under test and the device its tensors live on."""
+    if device == "cpu-late":
+        return LateReadbackPool(batch_size, capacity), "cpu"
+    return SelectionPool(batch_size, capacity), device
 
 
 def make_selection(n: int, chosen: list[int], device: str) -> Selection:
@@ -23,7 +67,7 @@ def make_selection(n: int, chosen: list[int], device: str) -> Selection:
 
 def run_pool(device, batch_size, capacity, pushes, row_shape, check_after_each=True):
     """Push ids through the pool; return the batches (cloned) and the expected order of ids."""
-    pool = SelectionPool(batch_size, capacity)
+    pool, device = new_pool(device, batch_size, capacity)
     batches, expected, next_id = [], [], 0
     for n, chosen in pushes:
         ids = torch.arange(next_id, next_id + n)
@@ -36,7 +80,7 @@ def run_pool(device, batch_size, capacity, pushes, row_shape, check_after_each=T
     batches += [tuple(t.clone() for t in b) for b in pool.ready_batches(sync=True)]
     rest = pool.flush()
     pool.check()
-    return batches, rest, expected
+    return batches, rest, expected, pool
 
 
 def check_invariants(batches, rest, expected, batch_size, row_shape):
@@ -69,7 +113,7 @@ def test_pool_invariant_property(device, batch_size, extra_capacity, pushes, dra
     capacity = None if extra_capacity is None else batch_size + extra_capacity
     if not drain_every_push:
         capacity = batch_size + sum(n for n, _ in pushes) + 1  # must hold everything until the end
-    batches, rest, expected = run_pool(device, batch_size, capacity, pushes, (2, 3), drain_every_push)
+    batches, rest, expected, _ = run_pool(device, batch_size, capacity, pushes, (2, 3), drain_every_push)
     check_invariants(batches, rest, expected, batch_size, (2, 3))
 
 
@@ -81,7 +125,7 @@ def test_pool_thousands_of_random_pushes(device):
         n = int(torch.randint(1, 64, (1,), generator=gen))
         chosen = torch.nonzero(torch.rand(n, generator=gen) < float(torch.rand(1, generator=gen))).flatten().tolist()
         pushes.append((n, chosen))
-    batches, rest, expected = run_pool(device, 32, None, pushes, (3, 4, 4))
+    batches, rest, expected, _ = run_pool(device, 32, None, pushes, (3, 4, 4))
     check_invariants(batches, rest, expected, 32, (3, 4, 4))
     assert len(batches) == len(expected) // 32
 
@@ -89,8 +133,8 @@ def test_pool_thousands_of_random_pushes(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_pool_with_select_and_channels_last(device):
     gen = torch.Generator().manual_seed(1)
+    pool, device = new_pool(device, 16)
     state = sbkernels.SelectorState(64, seed=3, device=device)
-    pool = SelectionPool(16)
     expected, got = [], []
     for _ in range(20):
         images = torch.randn(24, 3, 8, 8, generator=gen).to(device).to(memory_format=torch.channels_last)
@@ -112,15 +156,16 @@ def test_pool_with_select_and_channels_last(device):
     assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, expected, strict=True))
 
 
-def test_pool_rejects_bad_use():
+@pytest.mark.parametrize("device", ["cpu", "cpu-late"])
+def test_pool_rejects_bad_use(device):
     with pytest.raises(ValueError, match="batch_size"):
         SelectionPool(0)
     with pytest.raises(ValueError, match="capacity"):
         SelectionPool(8, capacity=4)
-    pool = SelectionPool(8, capacity=10)
+    pool, _ = new_pool(device, 8, capacity=10)
     with pytest.raises(ValueError, match="capacity 10 is too small"):
         pool.push(make_selection(5, [0], "cpu"), torch.zeros(5))
-    pool = SelectionPool(4, capacity=12)
+    pool, _ = new_pool(device, 4, capacity=12)
     pool.push(make_selection(6, [0, 1, 2, 3, 4, 5], "cpu"), torch.zeros(6))
     with pytest.raises(ValueError, match="leading dim"):
         pool.push(make_selection(6, [0], "cpu"), torch.zeros(5))
@@ -129,8 +174,54 @@ def test_pool_rejects_bad_use():
     pool.push(make_selection(6, [0, 1, 2, 3, 4, 5], "cpu"), torch.zeros(6))
     with pytest.raises(RuntimeError, match="full"):  # 12 rows held, never drained: refuse, never drop
         pool.push(make_selection(6, [0], "cpu"), torch.zeros(6))
-    assert sum(b[0].shape[0] for b in pool.ready_batches()) == 12
+    assert sum(b[0].shape[0] for b in pool.ready_batches()) == 12  # raising waited for the counts
     pool.check()
+
+
+def random_pushes(count: int, max_n: int, seed: int) -> list[tuple[int, list[int]]]:
+    gen = torch.Generator().manual_seed(seed)
+    pushes = []
+    for _ in range(count):
+        n = int(torch.randint(1, max_n + 1, (1,), generator=gen))
+        chosen = torch.nonzero(torch.rand(n, generator=gen) < float(torch.rand(1, generator=gen))).flatten().tolist()
+        pushes.append((n, chosen))
+    return pushes
+
+
+def test_late_counts_delay_batches_but_never_make_the_host_wait_at_default_capacity():
+    """With the GPU at most one push behind, the default capacity (batch_size + 2 N) always fits the
+    next push on the host's bounds alone: no wait, ever. Batches come out late, and all of them."""
+    pool = LateReadbackPool(32, max_polls=1, seed=1)
+    got, expected, behind = [], [], 0
+    for n, chosen in random_pushes(2000, 48, seed=2):
+        pool.push(make_selection(n, chosen, "cpu"), torch.arange(len(expected), len(expected) + n))
+        expected += [len(expected) + i for i in chosen]
+        got += [i for (batch,) in pool.ready_batches() for i in batch.tolist()]
+        behind += len(expected) - len(got) >= 32  # a whole batch was in the pool but not yet known
+    got += [i for (batch,) in pool.ready_batches(sync=True) for i in batch.tolist()]
+    rest = pool.flush()
+    got += rest[0].tolist() if rest is not None else []
+    assert pool.host_waits == 0
+    assert behind > 100  # the late readbacks really delayed batches
+    assert len(got) == len(expected)
+
+
+def test_late_counts_with_a_tight_capacity_wait_instead_of_dropping_rows():
+    pushes = random_pushes(500, 40, seed=3)
+    pool = LateReadbackPool(16, capacity=16 - 1 + 40, max_polls=3, seed=4)
+    got, expected, next_id = [], [], 0
+    for n, chosen in pushes:
+        ids = torch.arange(next_id, next_id + n)
+        next_id += n
+        pool.push(make_selection(n, chosen, "cpu"), ids)
+        expected += ids[chosen].tolist()
+        got += [i for (batch,) in pool.ready_batches() for i in batch.tolist()]
+    got += [i for (batch,) in pool.ready_batches(sync=True) for i in batch.tolist()]
+    rest = pool.flush()
+    got += rest[0].tolist() if rest is not None else []
+    pool.check()  # no overflow, no bad index
+    assert pool.host_waits > 0  # the bounds could not prove a fit, so the host waited
+    assert got == expected
 
 
 def test_pool_state_dict_round_trip():
@@ -147,7 +238,7 @@ def test_pool_state_dict_round_trip():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_default_capacity_grows_for_a_larger_push(device):
-    pool = SelectionPool(4)
+    pool, device = new_pool(device, 4)
     pool.push(make_selection(2, [1], device), torch.arange(2, device=device))
     assert pool.capacity == 8
     pool.push(make_selection(50, list(range(0, 50, 2)), device), torch.arange(50, device=device))

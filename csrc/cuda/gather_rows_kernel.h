@@ -3,12 +3,15 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace sbkernels {
 
 constexpr int kGatherMaxTensors = 8;   // tensors per launch; the binding splits longer lists
 constexpr int kGatherMaxInnerDims = 6;  // trailing dims of a non-contiguous source row
+constexpr int kGatherThreads = 256;     // threads per block
+constexpr int64_t kGatherChunkUnits = int64_t{kGatherThreads} * 4;  // copy units per work item
 
 struct GatherTensor {
   const char* src;
@@ -34,17 +37,32 @@ struct GatherParams {
   int64_t source_rows;        // N: indices outside [0, N) are zero-filled and counted
   int64_t capacity;           // M: output rows
   int64_t* cursor;            // [offset, overflow, invalid, ticket]
-  int64_t chunk_units;        // copy units per work item: gather_chunk_units()
-  int32_t advance_cursor;     // 0 for all but the last launch when the tensors span several launches
+  int64_t chunk_units;        // copy units per work item (kGatherChunkUnits)
+  int32_t last_launch;        // 1 for the launch that advances the cursor and counts invalid indices; the
+                              // others (tensors beyond the first kGatherMaxTensors) only copy
 };
+
+// Copy units of one row of `t`: vec_bytes each when its rows are contiguous, elements otherwise.
+__host__ __device__ inline int64_t gather_row_units(const GatherTensor& t) {
+  return t.contiguous_rows ? t.row_bytes / t.vec_bytes : t.row_bytes / t.elem_bytes;
+}
+
+// Blocks worth launching for up to `max_rows` rows on a GPU with `sms` multiprocessors: one per work item
+// (row, chunk) of the widest tensor, at most 8 per multiprocessor (the kernel strides over the rest).
+inline int gather_grid_blocks(const GatherParams& params, int64_t max_rows, int sms) {
+  int64_t max_chunks = 1;
+  for (int i = 0; i < params.num_tensors; ++i) {
+    const int64_t units = gather_row_units(params.tensors[i]);
+    max_chunks = std::max(max_chunks, (units + params.chunk_units - 1) / params.chunk_units);
+  }
+  const int64_t work = std::max<int64_t>(1, max_rows * max_chunks);
+  return static_cast<int>(std::min<int64_t>(work, int64_t{sms} * 8));
+}
+
+// gather_grid_blocks for the current device.
+int gather_rows_grid(const GatherParams& params, int64_t max_rows);
 
 // Launches the gather on `stream`; returns the launch error, if any.
 cudaError_t launch_gather_rows(const GatherParams& params, int grid_x, cudaStream_t stream);
-
-// Blocks worth launching for up to `max_rows` rows of the given tensors on the current device.
-int gather_rows_grid(const GatherParams& params, int64_t max_rows);
-
-// Copy units (vec_bytes each, or elements for strided rows) one work item covers.
-int64_t gather_chunk_units();
 
 }  // namespace sbkernels
