@@ -206,6 +206,30 @@ def test_late_counts_delay_batches_but_never_make_the_host_wait_at_default_capac
     assert len(got) == len(expected)
 
 
+def test_pool_on_the_emulated_cuda_path(monkeypatch):
+    """Late readbacks and the CUDA gather kernel's source (run on the host) together: the pool's CUDA path,
+    including its pops, which gather with an int64 count computed on the device."""
+    from .test_gather import emulated_gather
+
+    monkeypatch.setattr("sbkernels.pool.gather_rows", emulated_gather())
+    pool = LateReadbackPool(24, max_polls=2, seed=5)
+    got, expected, next_id = [], [], 0
+    for n, chosen in random_pushes(300, 40, seed=6):
+        ids = torch.arange(next_id, next_id + n)
+        next_id += n
+        images = (ids.view(n, 1, 1) * 100 + torch.arange(20).view(1, 5, 4)).float()[:, :, ::2]  # strided rows
+        pool.push(make_selection(n, chosen, "cpu"), images, ids.int())
+        expected += ids[chosen].tolist()
+        for images, ids32 in pool.ready_batches():
+            assert torch.equal(images, (ids32.view(-1, 1, 1) * 100 + torch.arange(0, 20, 2).view(1, 5, 2)).float())
+            got += ids32.tolist()
+    got += [i for batch in pool.ready_batches(sync=True) for i in batch[1].tolist()]
+    rest = pool.flush()
+    got += rest[1].tolist() if rest is not None else []
+    pool.check()
+    assert got == expected
+
+
 def test_late_counts_with_a_tight_capacity_wait_instead_of_dropping_rows():
     pushes = random_pushes(500, 40, seed=3)
     pool = LateReadbackPool(16, capacity=16 - 1 + 40, max_polls=3, seed=4)
