@@ -12,7 +12,7 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 CPU_SOURCES = ["csrc/sbkernels.cpp", "csrc/cpu/gather_rows_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda/gather_rows_kernel.cu", "csrc/cuda/gather_rows_cuda.cpp"]
-CXX_FLAGS = ["-O3", "-std=c++17"]
+CXX_FLAGS = ["-O3"]  # no -std: torch picks the standard its headers need (C++20 on torch 2.13)
 
 
 def extension():
@@ -21,7 +21,7 @@ def extension():
         return CUDAExtension(
             "sbkernels._C",
             CPU_SOURCES + CUDA_SOURCES,
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3"]},
         )
     return CppExtension("sbkernels._C", CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS})
 

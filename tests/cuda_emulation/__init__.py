@@ -44,7 +44,7 @@ def load() -> str | None:
         name="sbkernels_cuda_emulation",
         sources=[str(HERE / "gather_rows_emulated.cpp")],
         extra_include_paths=includes,
-        extra_cflags=["-O2", "-std=c++17"],
+        extra_cflags=["-O2"],
         build_directory=str(build),
         is_python_module=False,
     )
