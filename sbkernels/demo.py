@@ -12,7 +12,8 @@ A plot of test error against wall time and against backward examples is written 
 curve. Methods: the full baseline; SB at beta 1, 2, 3; uniform random selection at the backward budget SB
 beta 2 used; Composer's "keep" at 0.5; Stale-SB (n = 3, beta 2). With ``--methods subsets`` (or ``all``)
 also, at the same budget: in-batch gradient matching ("gradmatch", seed 002), Grad-Match over the whole
-training set (regularized OMP per class, warm start 1 epoch, a new subset every 2 epochs),
+training set (regularized OMP per class, a new subset every 2 epochs, one full-data warm-start epoch paid
+from the budget: as in CORDS, the next epochs train on nothing until the subset epochs left fit the budget),
 Cached-Grad-Match (seed 0's Grad-Match rounds replayed by every seed) and RandomPB (random fixed batches,
 seed 003).
 """
@@ -176,6 +177,7 @@ class Context:
     batch_size: int
     seed: int
     budget: float  # share of examples to backpropagate, for the budget-matched methods
+    epochs: int
     order_gen: torch.Generator
     subset_file: Path
 
@@ -260,7 +262,7 @@ class SubsetTrainer:
     """Grad-Match (selects from whole-set proxies every few epochs) or Cached-Grad-Match (replays)."""
 
     def __init__(self, ctx: Context, options: dict, cached: bool) -> None:
-        from .subsets import GradMatch, SubsetRecorder, SubsetReplayer
+        from .subsets import GradMatch, SubsetRecorder, SubsetReplayer, select_after_within_budget
 
         self.ctx = ctx
         self.selector = None
@@ -269,9 +271,15 @@ class SubsetTrainer:
                 raise RuntimeError("Cached-Grad-Match replays Grad-Match's recorded rounds: run Grad-Match first")
             self.provider = SubsetReplayer(ctx.subset_file)
         else:
+            # The warm start is paid from the budget (CORDS's schedule); skipped when the budget is too small.
+            warm = options.get("warm_start_epochs", 1)
+            try:
+                select_after = select_after_within_budget(ctx.budget, ctx.epochs, warm)
+            except ValueError:
+                warm = select_after = 0
             self.selector = GradMatch(
                 len(ctx.y), fraction=ctx.budget, select_every=options.get("select_every", 2),
-                warm_start_epochs=options.get("warm_start_epochs", 1), ridge=options.get("ridge", 0.5),
+                warm_start_epochs=warm, select_after=select_after, ridge=options.get("ridge", 0.5),
                 weighted=options.get("weighted", True),
                 recorder=SubsetRecorder(ctx.subset_file) if ctx.seed == 0 and options.get("record", True) else None,
             )  # fmt: skip
@@ -332,7 +340,8 @@ def train_run(
     ctx = Context(
         model=model, opt=torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4),
         x=data.train_x.to(device), y=data.train_y.to(device), batch_size=batch_size, seed=seed, budget=budget,
-        order_gen=torch.Generator().manual_seed(1000 + seed), subset_file=subset_file or Path("subsets.pt"),
+        epochs=epochs, order_gen=torch.Generator().manual_seed(1000 + seed),
+        subset_file=subset_file or Path("subsets.pt"),
     )  # fmt: skip
     trainer = make_trainer(method, ctx)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)

@@ -1,8 +1,10 @@
 """Dataset-level subset selection (seed 003): Grad-Match, Cached-Grad-Match and RandomPB.
 
-- :class:`GradMatch` (Killamsetty et al. 2021): every ``select_every`` epochs after ``warm_start_epochs``
-  full epochs, choose a weighted subset of ``fraction`` of the training set whose last-layer gradients
-  match the full training gradient (per class or over the whole set), by :func:`sbkernels.gradmatch.omp_nnls`.
+- :class:`GradMatch` (Killamsetty et al. 2021): every ``select_every`` epochs from ``select_after`` on,
+  choose a weighted subset of ``fraction`` of the training set whose last-layer gradients match the full
+  training gradient (per class or over the whole set), by :func:`sbkernels.gradmatch.omp_nnls`. An optional
+  warm start trains on all the data first; :func:`select_after_within_budget` places ``select_after`` so that
+  the warm start costs no more than the subset epochs it replaces (CORDS's schedule).
 - :class:`SubsetRecorder` / :class:`SubsetReplayer`: write each round's indices and weights to a file and
   read them back, so a later run trains on the same subsets without selecting (Cached-Grad-Match).
 - :class:`RandomPB`: the training set cut once into fixed random batches; each epoch trains on a random
@@ -34,6 +36,35 @@ class Subset:
     weights: Tensor  # (k,) float32 >= 0
 
 
+def _no_training(epoch: int) -> Subset:
+    """The empty subset of the epochs that pay for the warm start."""
+    return Subset(epoch, torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+
+
+def select_after_within_budget(fraction: float, epochs: int, warm_start_epochs: int) -> int:
+    """The first subset epoch such that a warm start stays within the budget of ``epochs`` subset epochs.
+
+    Schedule (CORDS's warm start): ``W = warm_start_epochs`` epochs on all n examples, then no training
+    until ``select_after``, then ``S = epochs - select_after`` epochs on subsets of ``f n`` examples. One full
+    epoch costs ``1 / f`` subset epochs, so the budget ``epochs * f * n`` holds when ``W + S f = epochs f``:
+
+        S = round(epochs - W / f),  select_after = epochs - S
+
+    (exact up to the rounding of S to whole epochs). Raises if the budget leaves no subset epoch.
+    """
+    if not 0.0 < fraction <= 1.0 or epochs < 1 or warm_start_epochs < 0:
+        raise ValueError(
+            f"need 0 < fraction <= 1, epochs >= 1, warm_start_epochs >= 0; got {(fraction, epochs, warm_start_epochs)}"
+        )
+    subset_epochs = round(epochs - warm_start_epochs / fraction)
+    if subset_epochs < 1:
+        raise ValueError(
+            f"a budget of {epochs} epochs at fraction {fraction} cannot pay for {warm_start_epochs} full-data "
+            "warm-start epoch(s) and leave a subset epoch"
+        )
+    return max(epochs - subset_epochs, warm_start_epochs)
+
+
 def weighted_batches(
     inputs: Tensor, targets: Tensor, subset: Subset | None, batch_size: int, generator: torch.Generator
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -58,7 +89,9 @@ class GradMatch:
         select_every: epochs between selection rounds (R in the paper).
         per_class: match each class's gradient with its own share of the budget (the usual setting; its
             Gram matrices are per class, so memory is sum_c n_c^2 instead of n^2).
-        warm_start_epochs: full-data epochs before the first selection.
+        warm_start_epochs: full-data epochs at the start (epochs ``[0, warm_start_epochs)``).
+        select_after: the epoch of the first selection (default ``warm_start_epochs``). The epochs in
+            between train on nothing: they pay for the warm start (see :func:`select_after_within_budget`).
         steps: projected-gradient steps of each NNLS refit.
         ridge: L2 penalty of the regularized OMP, relative to the mean squared gradient norm of the group
             (Grad-Match regularizes its OMP; without it a few examples get very large weights).
@@ -74,6 +107,7 @@ class GradMatch:
         select_every: int = 5,
         per_class: bool = True,
         warm_start_epochs: int = 0,
+        select_after: int | None = None,
         steps: int = 40,
         ridge: float = 0.5,
         weighted: bool = True,
@@ -81,21 +115,27 @@ class GradMatch:
     ) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        if select_every < 1 or warm_start_epochs < 0:
-            raise ValueError("select_every must be >= 1 and warm_start_epochs >= 0")
+        select_after = warm_start_epochs if select_after is None else select_after
+        if select_every < 1 or not 0 <= warm_start_epochs <= select_after:
+            raise ValueError("need select_every >= 1 and 0 <= warm_start_epochs <= select_after")
         self.num_samples, self.fraction, self.select_every = num_samples, fraction, select_every
-        self.per_class, self.warm_start_epochs, self.steps, self.ridge = per_class, warm_start_epochs, steps, ridge
+        self.per_class, self.steps, self.ridge = per_class, steps, ridge
+        self.warm_start_epochs, self.select_after = warm_start_epochs, select_after
         self.weighted = weighted
         self.recorder = recorder
+        if recorder is not None:
+            recorder.schedule = {"warm_start_epochs": warm_start_epochs, "select_after": select_after}
         self.current: Subset | None = None
 
     def needs_selection(self, epoch: int) -> bool:
         """True at the epochs where a new subset is chosen (needs proxies of the whole training set)."""
-        return epoch >= self.warm_start_epochs and (epoch - self.warm_start_epochs) % self.select_every == 0
+        return epoch >= self.select_after and (epoch - self.select_after) % self.select_every == 0
 
     def subset_for(self, epoch: int) -> Subset | None:
-        """The subset to train on in ``epoch`` (None: train on everything, during the warm start)."""
-        return None if epoch < self.warm_start_epochs else self.current
+        """The subset to train on in ``epoch``: None (everything) in the warm start, empty until select_after."""
+        if epoch < self.warm_start_epochs:
+            return None
+        return _no_training(epoch) if epoch < self.select_after else self.current
 
     def select(self, epoch: int, r: Tensor, labels: Tensor, features: Tensor | None = None) -> Subset:
         """Choose the subset from bias gradients r (n, C), labels (n,) and optional features h (n, ...)."""
@@ -132,11 +172,12 @@ class SubsetRecorder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.rounds: list[dict] = []
+        self.schedule: dict[str, int] | None = None  # set by GradMatch: warm_start_epochs, select_after
 
     def record(self, subset: Subset) -> None:
         self.rounds.append({"epoch": subset.epoch, "indices": subset.indices.cpu(), "weights": subset.weights.cpu()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"version": 1, "rounds": self.rounds}, self.path)
+        torch.save({"version": 2, "schedule": self.schedule, "rounds": self.rounds}, self.path)
 
 
 class SubsetReplayer:
@@ -144,16 +185,22 @@ class SubsetReplayer:
 
     def __init__(self, path: str | Path) -> None:
         saved = torch.load(Path(path))
-        if saved.get("version") != 1:
+        if saved.get("version") not in (1, 2):
             raise ValueError(f"{path}: unsupported subset file version {saved.get('version')!r}")
         self.rounds = [Subset(r["epoch"], r["indices"], r["weights"]) for r in saved["rounds"]]
         if not self.rounds:
             raise ValueError(f"{path} holds no selection rounds")
+        # Version 1 files have no schedule: all data until the first round.
+        first = self.rounds[0].epoch
+        schedule = saved.get("schedule") or {"warm_start_epochs": first, "select_after": first}
+        self.warm_start_epochs, self.select_after = schedule["warm_start_epochs"], schedule["select_after"]
 
     def subset_for(self, epoch: int) -> Subset | None:
-        """The latest recorded round chosen at or before ``epoch`` (None before the first: full data)."""
+        """What the recorded run trained on in ``epoch``: its warm start and pause, then its latest round."""
+        if epoch < self.warm_start_epochs:
+            return None
         earlier = [s for s in self.rounds if s.epoch <= epoch]
-        return earlier[-1] if earlier else None
+        return earlier[-1] if earlier and epoch >= self.select_after else _no_training(epoch)
 
 
 class RandomPB:

@@ -38,9 +38,13 @@ def test_label_noise_flips_the_requested_fraction():
 
 
 def test_demo_subset_methods_on_a_tiny_budget(tmp_path):
-    out = demo.main(["--epochs", "3", "--seeds", "2", "--train-subset", "200", "--no-progress", "--methods", "subsets",
+    out = demo.main(["--epochs", "6", "--seeds", "2", "--train-subset", "200", "--no-progress", "--methods", "subsets",
                      "--out", str(tmp_path)])  # fmt: skip
     rows = {row["method"].split(" at ")[0]: row for row in out["rows"]}
+    # Budget 0.3 of 6 epochs = 1.8 full epochs; Grad-Match's warm-start epoch is paid from it: 1 + 3 x 0.3.
+    budget = demo.DEFAULT_BUDGET * 6 * 200
+    for name in ("Grad-Match", "Grad-Match unweighted"):
+        assert abs(rows[name]["backward"] - budget) <= 0.5 * demo.DEFAULT_BUDGET * 200 + 10, rows[name]
     subset_rows = {"gradmatch", "Grad-Match", "Grad-Match unweighted", "Cached-Grad-Match", "RandomPB"}
     assert set(rows) == {"baseline", *subset_rows}
     # Cached-Grad-Match replays the recorded rounds: same backward examples, no scoring passes.

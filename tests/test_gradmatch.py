@@ -10,7 +10,14 @@ from scipy.optimize import nnls
 
 import sbkernels
 from sbkernels import gradmatch
-from sbkernels.subsets import GradMatch, RandomPB, SubsetRecorder, SubsetReplayer, weighted_batches
+from sbkernels.subsets import (
+    GradMatch,
+    RandomPB,
+    SubsetRecorder,
+    SubsetReplayer,
+    select_after_within_budget,
+    weighted_batches,
+)
 
 from .conftest import kernel_devices
 
@@ -165,6 +172,41 @@ def test_grad_match_subsets_record_and_replay(tmp_path):
     batches = list(weighted_batches(x, labels, chosen[3], 7, torch.Generator().manual_seed(0)))
     seen = torch.cat([b[0][:, 0].long() for b in batches])
     assert sorted(seen.tolist()) == chosen[3].indices.tolist()
+
+
+def test_warm_start_is_paid_from_the_budget():
+    # 20 epochs at fraction 0.25 cost 5 full epochs: one full warm-start epoch replaces 4 subset epochs.
+    assert select_after_within_budget(0.25, 20, 1) == 4
+    assert select_after_within_budget(0.3, 10, 0) == 0
+    for fraction, epochs, warm in ((0.268, 30, 1), (0.316, 5, 1), (0.1, 50, 2), (0.9, 4, 1)):
+        select_after = select_after_within_budget(fraction, epochs, warm)
+        cost = warm + (epochs - select_after) * fraction  # in full epochs
+        assert warm <= select_after < epochs
+        assert abs(cost - fraction * epochs) <= fraction / 2 + 1e-9  # off by half a subset epoch at most
+    with pytest.raises(ValueError, match="cannot pay"):
+        select_after_within_budget(0.3, 3, 1)
+
+
+def test_grad_match_pauses_after_the_warm_start_and_the_replay_does_too(tmp_path):
+    gen = torch.Generator().manual_seed(10)
+    n = 120
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    r = torch.softmax(torch.randn(n, 3, generator=gen), 1) - torch.nn.functional.one_hot(labels, 3).float()
+    gm = GradMatch(n, fraction=0.2, select_every=2, warm_start_epochs=1, select_after=3,
+                   recorder=SubsetRecorder(tmp_path / "rounds.pt"))  # fmt: skip
+    assert [e for e in range(8) if gm.needs_selection(e)] == [3, 5, 7]
+    trained = {}
+    for epoch in range(7):
+        if gm.needs_selection(epoch):
+            gm.select(epoch, r, labels)
+        subset = gm.subset_for(epoch)
+        trained[epoch] = None if subset is None else subset.indices.tolist()
+    assert trained[0] is None and trained[1] == trained[2] == []  # all data, then nothing: the warm start's cost
+    assert len(trained[3]) > 0 and trained[4] == trained[3]
+    replay = SubsetReplayer(tmp_path / "rounds.pt")
+    for epoch, want in trained.items():
+        got = replay.subset_for(epoch)
+        assert (None if got is None else got.indices.tolist()) == want, epoch
 
 
 def test_unweighted_grad_match_keeps_the_subset_and_drops_the_weights():
