@@ -175,6 +175,5 @@ def select_losses(
 
     Same rule as :func:`select` with the loss given: non-finite losses are never selected nor pushed.
     """
-    _checks.check_losses(losses)
     _checks.check_sb_params(beta, floor, prime)
     return run_select(losses, None, state, beta, floor, prime, -100, 0.0, -1.0, backend, from_logits=False)
