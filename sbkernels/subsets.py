@@ -41,6 +41,13 @@ def _no_training(epoch: int) -> Subset:
     return Subset(epoch, torch.zeros(0, dtype=torch.int64), torch.zeros(0))
 
 
+def _on_schedule(epoch: int, warm_start_epochs: int, select_after: int, latest: Subset | None) -> Subset | None:
+    """What ``epoch`` trains on: all data (None) in the warm start, nothing until select_after, then ``latest``."""
+    if epoch < warm_start_epochs:
+        return None
+    return latest if epoch >= select_after else _no_training(epoch)
+
+
 def select_after_within_budget(fraction: float, epochs: int, warm_start_epochs: int) -> int:
     """The first subset epoch such that a warm start stays within the budget of ``epochs`` subset epochs.
 
@@ -133,9 +140,7 @@ class GradMatch:
 
     def subset_for(self, epoch: int) -> Subset | None:
         """The subset to train on in ``epoch``: None (everything) in the warm start, empty until select_after."""
-        if epoch < self.warm_start_epochs:
-            return None
-        return _no_training(epoch) if epoch < self.select_after else self.current
+        return _on_schedule(epoch, self.warm_start_epochs, self.select_after, self.current)
 
     def select(self, epoch: int, r: Tensor, labels: Tensor, features: Tensor | None = None) -> Subset:
         """Choose the subset from bias gradients r (n, C), labels (n,) and optional features h (n, ...)."""
@@ -197,10 +202,9 @@ class SubsetReplayer:
 
     def subset_for(self, epoch: int) -> Subset | None:
         """What the recorded run trained on in ``epoch``: its warm start and pause, then its latest round."""
-        if epoch < self.warm_start_epochs:
-            return None
         earlier = [s for s in self.rounds if s.epoch <= epoch]
-        return earlier[-1] if earlier and epoch >= self.select_after else _no_training(epoch)
+        latest = earlier[-1] if earlier else _no_training(epoch)
+        return _on_schedule(epoch, self.warm_start_epochs, self.select_after, latest)
 
 
 class RandomPB:
