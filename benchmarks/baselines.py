@@ -36,7 +36,7 @@ def make_sbkernels(n: int, images: torch.Tensor, history: int, beta: float) -> M
 
     def run(logits, targets, images):
         sel = sbkernels.select(logits, targets, state, beta=beta)
-        cursor[0] = 0
+        cursor.narrow(0, 0, 1).zero_()  # a device-side fill: cursor[0] = 0 would be a blocking copy
         gather_rows([images], sel.indices, sel.count, [out], cursor)
         return out
 

@@ -21,6 +21,9 @@ inline bool rows_are_contiguous(const at::Tensor& t) {
   return true;
 }
 
+// Elements of one row (all dims after the first); defined for a tensor with zero rows too.
+inline int64_t row_numel(const at::Tensor& t) { return c10::multiply_integers(t.sizes().slice(1)); }
+
 // Checks shapes, dtypes and devices (metadata only, no sync). Returns the outputs' common capacity.
 inline int64_t check_gather_args(at::TensorList sources, const at::Tensor& indices, const at::Tensor& count,
                                  at::TensorList outputs, const at::Tensor& cursor, c10::DeviceType device) {
@@ -36,8 +39,8 @@ inline int64_t check_gather_args(at::TensorList sources, const at::Tensor& indic
                   cursor.is_contiguous(),
               "gather_rows: cursor must be a contiguous int64 tensor of shape (4,)");
   for (const auto* t : {&indices, &count, &cursor}) {
-    TORCH_CHECK(t->device().type() == device, "gather_rows: indices, count and cursor must be on ",
-                c10::DeviceTypeName(device));
+    TORCH_CHECK(t->device() == indices.device() && t->device().type() == device,
+                "gather_rows: indices, count and cursor must be on one ", c10::DeviceTypeName(device), " device");
   }
   const int64_t capacity = outputs[0].dim() > 0 ? outputs[0].size(0) : -1;
   const int64_t rows = sources[0].dim() > 0 ? sources[0].size(0) : -1;
@@ -57,6 +60,8 @@ inline int64_t check_gather_args(at::TensorList sources, const at::Tensor& indic
     TORCH_CHECK(out.is_contiguous(), "gather_rows: outputs[", i, "] must be contiguous");
     TORCH_CHECK(src.device().type() == device && out.device() == src.device(), "gather_rows: sources[", i,
                 "] and outputs[", i, "] must be on ", c10::DeviceTypeName(device));
+    TORCH_CHECK(src.device() == indices.device(), "gather_rows: sources[", i, "] is on ", src.device(),
+                " but indices are on ", indices.device(), "; put every tensor on one device");
   }
   return capacity;
 }

@@ -10,11 +10,15 @@ Quick start::
         ...
 """
 
+from . import library  # noqa: F401  (first: loads the compiled ops, or fails with the build instruction)
+from .gather import gather_rows
 from .gradmatch import select_gradmatch
 from .ops import select, select_losses
 from .policies import select_importance, select_keep, select_uniform
+from .pool import SelectionPool
 from .selection import Selection
 from .state import SelectorState
+from .trainer import BackwardBatch, SelectiveBackprop
 
 __all__ = [
     "BackwardBatch",
@@ -30,24 +34,5 @@ __all__ = [
     "select_losses",
     "select_uniform",
 ]
-
-
-def __getattr__(name: str):
-    # The pool and gather need the compiled extension; importing them lazily keeps `select` usable in a
-    # checkout that has not been built.
-    if name == "SelectionPool":
-        from .pool import SelectionPool
-
-        return SelectionPool
-    if name in ("SelectiveBackprop", "BackwardBatch"):
-        from . import trainer
-
-        return getattr(trainer, name)
-    if name == "gather_rows":
-        from .gather import gather_rows
-
-        return gather_rows
-    raise AttributeError(f"module 'sbkernels' has no attribute {name!r}")
-
 
 __version__ = "0.1.0"

@@ -75,7 +75,7 @@ def check_backend(backend: str, device: torch.device) -> None:
     if backend not in BACKENDS:
         _fail(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "triton" and device.type == "cpu":
-        from .kernels.select_sb import interpreting
+        from .kernels.common import interpreting
 
         if not interpreting():
             _fail(

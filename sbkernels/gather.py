@@ -7,13 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-try:
-    from . import _C  # noqa: F401  (loading the library registers the op)
-except ImportError as error:  # pragma: no cover - exercised only on an unbuilt checkout
-    raise ImportError(
-        "sbkernels._C is not built: run `pip install -e . --no-build-isolation` (or `make build`) in the "
-        "sbkernels checkout"
-    ) from error
+from . import library  # noqa: F401  (loads the extension that registers sbkernels::gather_rows)
 
 CURSOR_OFFSET, CURSOR_OVERFLOW, CURSOR_INVALID = 0, 1, 2
 CURSOR_SIZE = 4

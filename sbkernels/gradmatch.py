@@ -20,12 +20,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _checks
+from . import _checks, library
 from .kernels.row_stats import launch_residual
 from .ops import _resolve_backend, _use_triton
 from .reference import compact, target_masks
 from .selection import Selection
 from .state import META_STEP, SelectorState
+
+
+@library.register_op("residuals")
+def _residuals(logits: Tensor, targets: Tensor, ignore_index: int, backend: str) -> tuple[Tensor, Tensor]:
+    if _use_triton(logits.device, backend):
+        return launch_residual(logits, targets, ignore_index)
+    return residual_reference(logits, targets, ignore_index)
 
 
 def residuals(
@@ -38,9 +45,7 @@ def residuals(
     """
     _checks.check_logits_targets(logits, targets)
     backend = _resolve_backend(backend, logits.device)
-    if _use_triton(logits.device, backend):
-        return launch_residual(logits, targets, ignore_index)
-    return residual_reference(logits, targets, ignore_index)
+    return torch.ops.sbkernels.residuals(logits, targets, ignore_index, backend)
 
 
 def residual_reference(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ import os
 import torch
 from torch import Tensor
 
-from . import _checks, reference
+from . import _checks, library, reference
 from .kernels.select_sb import launch_select_sb
 from .selection import Selection
 from .state import SelectorState
@@ -28,7 +28,7 @@ def _use_triton(device: torch.device, backend: str) -> bool:
     return backend == "triton"
 
 
-@torch.library.triton_op("sbkernels::select_sb", mutates_args={"history", "meta"})
+@library.register_op("select_sb", mutates_args={"history", "meta"})
 def _select_sb(
     logits: Tensor,
     targets: Tensor,
@@ -51,7 +51,7 @@ def _select_sb(
     return reference.select_sb(loss, ignored, bad, history, meta, beta, floor, prime, fixed_prob)
 
 
-@torch.library.triton_op("sbkernels::select_sb_losses", mutates_args={"history", "meta"})
+@library.register_op("select_sb_losses", mutates_args={"history", "meta"})
 def _select_sb_losses(
     losses: Tensor,
     history: Tensor,

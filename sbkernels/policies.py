@@ -18,14 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import reference, sampling
+from . import library, reference, sampling
 from .kernels.row_stats import launch_row_stats
 from .ops import _use_triton, check_input, run_select
 from .selection import Selection
 from .state import META_STEP, SelectorState
 
 
-@torch.library.triton_op("sbkernels::row_stats", mutates_args={})
+@library.register_op("row_stats", mutates_args={})
 def _row_stats(
     logits: Tensor | None,
     targets: Tensor | None,

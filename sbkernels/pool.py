@@ -21,20 +21,57 @@ path on CPU, with readbacks that complete late.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from .gather import CURSOR_INVALID, CURSOR_OFFSET, CURSOR_OVERFLOW, gather_rows, new_cursor
+from .kernels.common import device_guard
 from .selection import Selection
 
 
+class Readback(Protocol):
+    """A copy of the pool's cursor on its way to the host: ``host`` is valid once ``done()`` is True."""
+
+    host: Tensor
+
+    def done(self) -> bool: ...  # never waits
+
+    def wait(self) -> None: ...  # blocks until done (the pool counts these in host_waits)
+
+
+def pinned_like(t: Tensor) -> Tensor:
+    """Page-locked host memory shaped like ``t`` (torch's caching host allocator reuses it)."""
+    return torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+
+
+class EventReadback:
+    """The cursor copied to pinned host memory behind the queued work; a CUDA event marks the copy done.
+
+    Copy and event go to the cursor's own GPU, not the current one: an event recorded on another device's
+    stream would report done before the copy ran, and the pool would hand out rows never written.
+    """
+
+    def __init__(self, cursor: Tensor) -> None:
+        with device_guard(cursor.device):
+            self.host = pinned_like(cursor)
+            self.host.copy_(cursor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(cursor.device))
+
+    def done(self) -> bool:
+        return self.event.query()
+
+    def wait(self) -> None:
+        self.event.synchronize()
+
+
 @dataclass
-class _Readback:
-    host: Tensor  # pinned copy of the cursor
-    event: torch.cuda.Event
+class _Pending:
+    readback: Readback
     rows_out: int  # rows handed out before this readback was enqueued
     rows_pushed: int  # rows this push could have added at most (its N)
 
@@ -74,13 +111,17 @@ class SelectionPool:
             waits while the GPU is at most one push behind. An explicit capacity is fixed and must be at
             least ``batch_size - 1 + N`` for every push (checked, with a clear error); the tighter it is,
             the more often the host waits for a row count.
+        readback: how the row count reaches the host (a :class:`Readback` factory called with the cursor
+            after each push). Default: :class:`EventReadback` on CUDA (asynchronous), at once on CPU.
 
     Every selected row comes out exactly once, in selection order: in a batch from ``ready_batches`` or
     in the final batch from ``flush``. A yielded batch is a view into the pool, valid until the next
     batch is produced: clone it to keep it longer.
     """
 
-    def __init__(self, batch_size: int, capacity: int | None = None) -> None:
+    def __init__(
+        self, batch_size: int, capacity: int | None = None, readback: Callable[[Tensor], Readback] | None = None
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if capacity is not None and (
@@ -98,9 +139,11 @@ class SelectionPool:
         self._shift: Tensor | None = None  # arange(batch_size, capacity): rows kept after a pop
         self._rows_out = 0  # rows handed out (exact)
         self._rows_in = 0  # rows gathered in, as far as completed readbacks tell (a lower bound)
-        self._pending: deque[_Readback] = deque()
+        # How the cursor reaches the host: None reads it at once (CPU); a Readback factory reads it late
+        # (CUDA: EventReadback; the tests inject readbacks that complete late on the CPU).
+        self._readback = readback
+        self._pending: deque[_Pending] = deque()
         self._largest_push = 0  # the largest N pushed: ready_batches keeps room for one more such push
-        self._free_host: list[Tensor] = []
         #: times the host waited for an outstanding readback to be sure the next push fits (0 at the default
         #: capacity while the GPU is at most one push behind)
         self.host_waits = 0
@@ -159,7 +202,7 @@ class SelectionPool:
             # The bounds cannot show that a push as large as the largest so far will fit, and push cannot
             # hand out batches: learn the real count now (waits for the GPU) and drain.
             self.host_waits += 1
-            self._pending[0].event.synchronize()
+            self._pending[0].readback.wait()
 
     def flush(self) -> tuple[Tensor, ...] | None:
         """Synchronize and return every row still in the pool as one batch (None if empty).
@@ -174,7 +217,7 @@ class SelectionPool:
         if held == 0:
             return None
         batch = tuple(t.clone() for t in self._views(held))
-        self._cursor[CURSOR_OFFSET] = 0
+        self._cursor.narrow(0, CURSOR_OFFSET, 1).zero_()
         self._rows_out += held
         return batch
 
@@ -200,7 +243,7 @@ class SelectionPool:
         if state_dict["batch_size"] != self.batch_size:
             raise ValueError(f"batch_size mismatch: saved {state_dict['batch_size']}, pool {self.batch_size}")
         rows = state_dict["rows"]
-        self.__init__(self.batch_size, None if state_dict.get("growable") else state_dict["capacity"])
+        self.__init__(self.batch_size, None if state_dict.get("growable") else state_dict["capacity"], self._readback)
         if rows is None or rows[0].shape[0] == 0:
             return
         held = rows[0].shape[0]
@@ -219,6 +262,8 @@ class SelectionPool:
             self._spare.append(torch.empty(shape, dtype=layout.dtype, device=device))
         self._cursor = new_cursor(device)
         self._spare_cursor = new_cursor(device)
+        if self._readback is None and device.type == "cuda":
+            self._readback = EventReadback
         self._shift = torch.arange(self.batch_size, self._capacity, dtype=torch.int64, device=device)
 
     def _check_matches(self, tensors: tuple[Tensor, ...], device: torch.device) -> None:
@@ -259,7 +304,7 @@ class SelectionPool:
         self._poll()
         while self._upper_bound() + n > self._capacity and self._pending:
             self.host_waits += 1
-            self._pending[0].event.synchronize()
+            self._pending[0].readback.wait()
             self._poll()
         if self._upper_bound() + n > self._capacity:
             raise RuntimeError(
@@ -270,42 +315,27 @@ class SelectionPool:
     def _upper_bound(self) -> int:
         return self._rows_in - self._rows_out + sum(r.rows_pushed for r in self._pending)
 
-    @property
-    def _asynchronous(self) -> bool:
-        """Whether the cursor's value reaches the host late (CUDA) or at once (CPU)."""
-        return self._cursor.device.type == "cuda"
-
     def _read_back(self, rows_pushed: int) -> None:
-        if not self._asynchronous:
+        if self._readback is None:  # synchronous device: the count is known at once
             self._rows_in = int(self._cursor[CURSOR_OFFSET]) + self._rows_out
             return
-        host, event = self._start_readback()
-        self._pending.append(_Readback(host, event, self._rows_out, rows_pushed))
-
-    def _start_readback(self) -> tuple[Tensor, torch.cuda.Event]:
-        """Copy the cursor to pinned host memory behind the work queued so far; the event marks the copy done."""
-        host = self._free_host.pop() if self._free_host else torch.empty_like(self._cursor, device="cpu").pin_memory()
-        host.copy_(self._cursor, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return host, event
+        self._pending.append(_Pending(self._readback(self._cursor), self._rows_out, rows_pushed))
 
     def _poll(self) -> None:
-        while self._pending and self._pending[0].event.query():
+        while self._pending and self._pending[0].readback.done():
             done = self._pending.popleft()
-            self._rows_in = max(self._rows_in, int(done.host[CURSOR_OFFSET]) + done.rows_out)
-            self._free_host.append(done.host)
+            self._rows_in = max(self._rows_in, int(done.readback.host[CURSOR_OFFSET]) + done.rows_out)
 
     def _wait_all(self) -> None:
         while self._pending:
-            self._pending[-1].event.synchronize()
+            self._pending[-1].readback.wait()
             self._poll()
 
     def _pop(self) -> tuple[Tensor, ...]:
         """Hand out the first batch_size rows; move the rest to the spare buffers on the device."""
         batch = self._views(self.batch_size)
         remaining = self._cursor[CURSOR_OFFSET] - self.batch_size  # device-side count of rows kept
-        self._spare_cursor[CURSOR_OFFSET] = 0
+        self._spare_cursor.narrow(0, CURSOR_OFFSET, 1).zero_()
         gather_rows(self._buffers, self._shift, remaining, self._spare, self._spare_cursor)
         self._buffers, self._spare = self._spare, self._buffers
         self._cursor, self._spare_cursor = self._spare_cursor, self._cursor

@@ -67,7 +67,8 @@ def philox_uniform(seed: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tens
         k1 = (k1 + _PHILOX_KEY_B) & _U32
     as_int32 = torch.where(c0 >= 2**31, c0 - 2**32, c0)
     folded = torch.where(as_int32 < 0, -as_int32 - 1, as_int32)
-    return folded.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=device)
+    # A Python scalar, not torch.tensor(..., device=device): that would copy host data to the device per call.
+    return folded.to(torch.float32) * _UNIFORM_SCALE
 
 
 def target_masks(
@@ -185,13 +186,20 @@ def select_sb(
     ring.scatter_(0, slot, torch.where(push, loss, torch.zeros_like(loss)))
     history.copy_(ring[:size])
 
-    counters = torch.zeros_like(meta)
-    counters[META_PUSHED] = n_valid
-    counters[META_STEP] = 1
-    counters[META_NONFINITE] = (~ignored & ~bad & ~finite).sum()
-    counters[META_BAD_TARGETS] = bad.sum()
-    meta.add_(counters)
+    advance_counters(meta, pushed=n_valid, nonfinite=(~ignored & ~bad & ~finite).sum(), bad_targets=bad.sum())
     return indices, count, loss, prob
+
+
+def advance_counters(meta: torch.Tensor, *, pushed: torch.Tensor, nonfinite: torch.Tensor, bad_targets: torch.Tensor):
+    """The end of every call, on the device: ``step += 1`` and the counts (0-d device tensors) added.
+
+    In-place adds on views of ``meta``: no host value is written into the device tensor (``meta[i] = x``
+    with a Python ``x`` would be a blocking host-to-device copy on CUDA).
+    """
+    meta[META_PUSHED].add_(pushed)
+    meta[META_STEP].add_(1)
+    meta[META_NONFINITE].add_(nonfinite)
+    meta[META_BAD_TARGETS].add_(bad_targets)
 
 
 def importance_score(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

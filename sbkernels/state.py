@@ -43,7 +43,7 @@ class SelectorState:
             raise ValueError(f"seed must be an int that fits in int64, got {seed!r}")
         self.history = torch.zeros(history_size, dtype=torch.float32, device=device)
         self.meta = torch.zeros(META_SIZE, dtype=torch.int64, device=device)
-        self.meta[META_SEED] = seed
+        self.meta.narrow(0, META_SEED, 1).fill_(seed)
 
     # Views into ``meta``: reading them never synchronizes; ``int(state.pushed)`` does.
     @property
@@ -82,7 +82,7 @@ class SelectorState:
         """
         bad = int(self.meta[META_BAD_TARGETS])
         if bad:
-            self.meta[META_BAD_TARGETS] = 0
+            self.meta.narrow(0, META_BAD_TARGETS, 1).zero_()
             raise ValueError(
                 f"{bad} row(s) had a target outside [0, num_classes) that was not ignore_index; "
                 "they were never selected and never entered the history"
@@ -90,7 +90,7 @@ class SelectorState:
 
     def state_dict(self) -> dict[str, Any]:
         meta = self.meta.detach().clone()
-        meta[META_TICKET] = 0
+        meta.narrow(0, META_TICKET, 1).zero_()
         return {"version": _STATE_DICT_VERSION, "history": self.history.detach().clone(), "meta": meta}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -106,7 +106,7 @@ class SelectorState:
             raise ValueError(f"meta shape mismatch: saved {tuple(meta.shape)}, expected {tuple(self.meta.shape)}")
         self.history.copy_(history)
         self.meta.copy_(meta)
-        self.meta[META_TICKET] = 0
+        self.meta.narrow(0, META_TICKET, 1).zero_()
 
     def __repr__(self) -> str:
         return f"SelectorState(history_size={self.history_size}, device={self.device})"

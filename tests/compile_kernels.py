@@ -25,10 +25,11 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # must precede the first import of triton
 
 import triton
+from ptx_ordering import ordering_violations
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sbkernels.kernels import row_stats, select_sb
+from sbkernels.kernels import common, row_stats, select_sb
 
 HISTORY_SIZE = 1024  # SelectorState's default
 # (N, C, logits dtype); C = 0 means the kernel is given losses.
@@ -72,7 +73,7 @@ def cases():
             consts = {"FROM_LOGITS": from_logits, "FIXED_PROB": fixed, **config}
             name = f"select_sb N={n} C={c} {dtype} fixed_prob={fixed}"
             yield name, select_sb.select_sb_kernel, types, consts, num_warps
-        config = select_sb.row_blocks(n, max(c, 1), from_logits)
+        config = common.row_blocks(n, max(c, 1), from_logits)
         num_warps = config.pop("num_warps")
         yield f"row_stats N={n} C={c} {dtype}", row_stats.row_stats_kernel, types, \
             {"FROM_LOGITS": from_logits, **config}, num_warps  # fmt: skip
@@ -98,12 +99,16 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {key.lower(): int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text)}
 
 
-def compile_case(name, kernel, types, consts, num_warps, arch: int) -> dict:
+def compile_case(name, kernel, types, consts, num_warps, arch: int, ptx_dir: Path | None = None) -> dict:
     record = {"kernel": name, "arch": f"sm_{arch}", "num_warps": num_warps, "triton": triton.__version__}
     try:
         source = ASTSource(fn=kernel, signature=_signature(kernel, types), constexprs=consts)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
         record |= {"ok": True, **resource_usage(compiled.asm["cubin"])}
+        if kernel is select_sb.select_sb_kernel:  # the ticket / epilogue ordering (tests/ptx_ordering.py)
+            record["ordering_violations"] = ordering_violations(compiled.asm["ptx"])
+            if ptx_dir is not None:
+                (ptx_dir / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.sm_{arch}.ptx").write_text(compiled.asm["ptx"])
     except Exception:  # report every failure, not only the first
         record |= {"ok": False, "error": traceback.format_exc(limit=3)}
     return record
@@ -112,11 +117,12 @@ def compile_case(name, kernel, types, consts, num_warps, arch: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="compute capabilities, e.g. 80 90")
+    parser.add_argument("--ptx-dir", type=Path, help="write the PTX of every select_sb configuration here")
     args = parser.parse_args(argv)
     failed = 0
     for arch in args.arch:
         for case in cases():
-            record = compile_case(*case, arch=arch)
+            record = compile_case(*case, arch=arch, ptx_dir=args.ptx_dir)
             failed += not record["ok"]
             print(json.dumps(record), flush=True)
     return 1 if failed else 0

@@ -22,7 +22,7 @@ import pytest
 import triton
 import triton.language as tl
 
-from sbkernels.kernels.select_sb import interpreting
+from sbkernels.kernels.common import interpreting
 
 HAS_CUDA = torch.cuda.is_available()
 

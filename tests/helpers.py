@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from sbkernels import reference
+
+from .sync_detector import mark_host, note_wait
 
 
 def random_logits(n: int, num_classes: int, dtype: torch.dtype, device: str, gen: torch.Generator) -> torch.Tensor:
@@ -47,3 +51,36 @@ def assert_same_selection(got, want, u: torch.Tensor, exact: bool) -> None:
     differ = mask(got_idx, got.count) ^ mask(want_idx, want.count)
     close = (u - want.prob.cpu()).abs() <= 4e-6 * want.prob.cpu().abs() + 1e-7
     assert not torch.any(differ & ~close), f"rows {torch.nonzero(differ & ~close).flatten().tolist()} differ"
+
+
+class LateReadback:
+    """A pool readback that completes only after ``polls`` more queries: the GPU running behind the host.
+
+    CPU work is done when it is queued, so copying the cursor now reads what the GPU's stream-ordered copy
+    would. The host buffer is marked as host memory for the sync detector, as pinned memory is on a GPU.
+    """
+
+    def __init__(self, cursor: torch.Tensor, polls: int) -> None:
+        self.host = mark_host(torch.empty_like(cursor))
+        self.host.copy_(cursor, non_blocking=True)
+        self.polls = polls
+
+    def done(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+    def wait(self) -> None:
+        note_wait("LateReadback.wait")
+        self.polls = -1
+
+
+class LateReadbacks:
+    """``SelectionPool(readback=LateReadbacks())``: the CUDA pool's asynchronous path on the CPU, each count
+    arriving after 0 to ``max_polls`` queries, so batches surface late and capacity is judged on bounds."""
+
+    def __init__(self, max_polls: int = 3, seed: int = 0) -> None:
+        self.max_polls = max_polls
+        self.random = random.Random(seed)
+
+    def __call__(self, cursor: torch.Tensor) -> LateReadback:
+        return LateReadback(cursor, self.random.randint(0, self.max_polls))

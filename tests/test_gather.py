@@ -131,6 +131,25 @@ def test_invalid_indices_are_zero_filled_and_counted(impl):
     assert cursor.tolist()[:3] == [4, 0, 2] and int(cursor[CURSOR_INVALID]) == 2
 
 
+@pytest.mark.parametrize("trailing", [(), (3,), (2, 5)])
+def test_sources_with_zero_rows(impl, trailing):
+    """N = 0 (an empty batch): count 0 is a no-op; indices into it are all invalid, zero-filled and counted.
+    The CUDA binding used to read src[0] to size a row and threw; every implementation now agrees."""
+    device, gather = impl
+    src = torch.empty((0, *trailing), device=device)
+    labels = torch.empty(0, dtype=torch.int64, device=device)
+    out = torch.full((4, *trailing), 9.0, device=device)
+    out_labels = torch.full((4,), 7, dtype=torch.int64, device=device)
+    cursor = new_cursor(device)
+    gather([src, labels], torch.empty(0, dtype=torch.int64, device=device), torch.tensor(0, device=device),
+           [out, out_labels], cursor)  # fmt: skip
+    assert cursor.tolist()[:3] == [0, 0, 0] and torch.all(out == 9.0)
+    gather([src, labels], torch.tensor([0, 2], device=device), torch.tensor(2, device=device), [out, out_labels],
+           cursor)  # fmt: skip
+    assert cursor.tolist()[:3] == [2, 0, 2]
+    assert torch.all(out[:2] == 0) and torch.all(out[2:] == 9.0) and out_labels.tolist() == [0, 0, 7, 7]
+
+
 def test_more_tensors_than_one_launch_holds(impl):
     device, gather = impl
     gen = torch.Generator().manual_seed(3)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import sbkernels
 from sbkernels import reference
+from sbkernels.kernels import select_sb
 
 from .helpers import assert_same_selection, random_logits, uniforms
 
@@ -100,22 +101,78 @@ def test_select_replays_in_a_cuda_graph():
 
 
 def test_many_programs_epilogue_stress():
-    """The last-program epilogue must see every program's flags: many programs, repeated, vs reference."""
-    gen = torch.Generator().manual_seed(2)
-    for n, num_classes in ((65536, 10), (4096, 1000), (20000, 3)):
-        gpu = sbkernels.SelectorState(4096, seed=n, device="cuda")
-        cpu = sbkernels.SelectorState(4096, seed=n)
-        for _ in range(20):
-            logits = random_logits(n, num_classes, torch.float32, "cuda", gen)
-            targets = torch.randint(0, num_classes, (n,), generator=gen, device="cpu").cuda()
-            meta_before = gpu.meta.cpu().clone()
-            got = sbkernels.select(logits, targets, gpu, beta=1.0, floor=0.02)
-            want = reference.select_sb(
-                got.loss.cpu().clone(), torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool),
-                cpu.history, cpu.meta, 1.0, 0.02, 0,
-            )  # fmt: skip
-            assert_same_selection(got, sbkernels.Selection(*want), uniforms(meta_before, n), exact=True)
-            assert torch.equal(gpu.history.cpu(), cpu.history) and torch.equal(gpu.meta.cpu(), cpu.meta)
+    """The last-program epilogue must see every program's flags: thousands of launches of thousands of
+    one-row programs (C = 4096 gives BLOCK_M = 1), each checked on the device against the reference run on
+    the kernel's own losses, so a dropped barrier or a weakened ticket shows up as a mismatch."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    n, num_classes, launches = 2048, 4096, 2000
+    assert select_sb.launch_config(n, num_classes, 4096, from_logits=True)["BLOCK_M"] == 1
+    logits = torch.randn(n, num_classes, device="cuda", generator=gen) * 3
+    kernel = sbkernels.SelectorState(4096, seed=11, device="cuda")
+    ref = sbkernels.SelectorState(4096, seed=11, device="cuda")
+    no_rows = torch.zeros(n, dtype=torch.bool, device="cuda")
+    mismatches = torch.zeros((), dtype=torch.int64, device="cuda")
+    for i in range(launches):
+        targets = torch.randint(0, num_classes, (n,), device="cuda", generator=gen)
+        got = sbkernels.select(logits, targets, kernel, beta=1.0, floor=0.02)
+        want = reference.select_sb(got.loss.clone(), no_rows, no_rows, ref.history, ref.meta, 1.0, 0.02, 0)
+        mismatches += (got.indices != want[0]).sum() + (got.count != want[1]).long()
+        mismatches += (kernel.history != ref.history).sum() + (kernel.meta != ref.meta).sum()
+        if i % 200 == 0:
+            logits.mul_(0.9).add_(torch.randn_like(logits), alpha=0.3)
+    assert int(mismatches) == 0
+
+
+def test_compile_fullgraph_on_cuda():
+    """torch.compile(fullgraph=True) over select + a policy + gather on CUDA tensors (the CPU suite only
+    compiles CPU tensors), equal to the eager calls on a copy of the state."""
+    from sbkernels.gather import gather_rows, new_cursor
+
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    logits = torch.randn(300, 50, device="cuda", generator=gen)
+    targets = torch.randint(0, 50, (300,), device="cuda", generator=gen)
+    images = torch.randn(300, 8, device="cuda", generator=gen)
+
+    def step(state, out, cursor):
+        sel = sbkernels.select(logits, targets, state, beta=2.0)
+        gather_rows([images], sel.indices, sel.count, [out], cursor)
+        keep = sbkernels.select_keep(logits, targets, state, 0.5)
+        return sel.indices, sel.count, keep.indices
+
+    compiled = torch.compile(step, fullgraph=True)
+    eager_state = sbkernels.SelectorState(64, seed=3, device="cuda")
+    compiled_state = sbkernels.SelectorState(64, seed=3, device="cuda")
+    outs = [torch.empty(300, 8, device="cuda") for _ in range(2)]
+    cursors = [new_cursor("cuda") for _ in range(2)]
+    for _ in range(3):
+        want = step(eager_state, outs[0], cursors[0])
+        got = compiled(compiled_state, outs[1], cursors[1])
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+    assert torch.equal(eager_state.meta, compiled_state.meta)
+    assert torch.equal(eager_state.history, compiled_state.history)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(cursors[0], cursors[1])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_the_second_gpu_while_the_first_is_current():
+    """Launches and the pool's readback event go to the tensors' device (tests/test_devices.py on CPU)."""
+    torch.cuda.set_device(0)
+    gen = torch.Generator().manual_seed(13)
+    logits = torch.randn(500, 30, generator=gen)
+    targets = torch.randint(0, 30, (500,), generator=gen)
+    gpu = sbkernels.SelectorState(128, seed=2, device="cuda:1")
+    cpu = sbkernels.SelectorState(128, seed=2)
+    pool = sbkernels.SelectionPool(64)
+    taken = []
+    for _ in range(4):
+        got = sbkernels.select(logits.to("cuda:1"), targets.to("cuda:1"), gpu, beta=2.0)
+        want = sbkernels.select(logits, targets, cpu, beta=2.0)
+        assert torch.equal(got.indices.cpu(), want.indices)
+        pool.push(got, targets.to("cuda:1"))
+        taken += [t.cpu() for (t,) in pool.ready_batches()]
+        assert torch.cuda.current_device() == 0
+    assert torch.equal(gpu.meta.cpu(), cpu.meta) and pool.host_waits == 0
 
 
 def test_more_than_2_to_the_31_logits():
@@ -169,6 +226,7 @@ def test_pool_push_and_ready_batches_never_synchronize():
     rest = pool.flush()
     taken += 0 if rest is None else rest[0].shape[0]
     assert taken == selected
+    assert pool.host_waits == 0  # event.synchronize() is invisible to the sync-debug mode: count it
     pool.check()
 
 

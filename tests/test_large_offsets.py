@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sbkernels.kernels.select_sb import interpreting
+from sbkernels.kernels.common import interpreting
 
 from . import cuda_emulation
 

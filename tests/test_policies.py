@@ -4,12 +4,14 @@ against its definition (statistically, on fixed seeds)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
 
 import sbkernels
 from sbkernels import reference, sampling
+from sbkernels.state import META_SEED, META_STEP
 
 from .conftest import kernel_devices
 from .helpers import random_logits
@@ -51,6 +53,8 @@ def test_policies_kernel_and_reference_select_the_same_rows(device):
         targets = torch.randint(0, 10, (120,), generator=gen)
         targets[7] = -100
         out = {}
+        meta_before = states["reference"].meta.clone()
+        meta_before[META_STEP] += 3  # importance is the fourth call of the round
         for backend, state in states.items():
             d = state.device
             lg, t = logits.to(d), targets.to(d)
@@ -61,10 +65,28 @@ def test_policies_kernel_and_reference_select_the_same_rows(device):
                 sbkernels.select_importance(lg, t, state, 50, backend=backend),
                 sbkernels.select_keep(lg[:, 0].contiguous().abs(), None, state, 0.5, backend=backend),
             ]
-        for got, want in zip(out["triton"], out["reference"], strict=True):
+        for i, (got, want) in enumerate(zip(out["triton"], out["reference"], strict=True)):
+            if i == 3:
+                assert_same_draws_up_to_boundary_ulps(got, want, meta_before)
+                if device == "cuda":
+                    continue
             assert torch.equal(got.indices.cpu(), want.indices) and int(got.count) == int(want.count)
         torch.testing.assert_close(out["triton"][3].weight.cpu(), out["reference"][3].weight, rtol=1e-5, atol=0)
     assert torch.equal(states["triton"].meta.cpu(), states["reference"].meta)
+
+
+def assert_same_draws_up_to_boundary_ulps(got, want, meta_before) -> None:
+    """Importance sampling on two devices: scores (and their cumulative sums) differ in the last bits, so a
+    draw that lands within rounding of a CDF boundary may take the neighbouring row. Every other draw
+    must agree, and the draw count must too."""
+    k = int(want.count)
+    assert int(got.count) == k
+    u = reference.philox_uniform(meta_before[META_SEED], meta_before[META_STEP], k).double()
+    cdf = torch.cumsum(want.prob.double(), 0)
+    position = u * cdf[-1]
+    near = ((position[:, None] - cdf[None, :]).abs() <= 1e-5 * cdf[-1]).any(dim=1)
+    mismatched = Counter(got.indices[:k].cpu().tolist()) - Counter(want.indices[:k].tolist())
+    assert sum(mismatched.values()) <= int(near.sum()), (mismatched, int(near.sum()))
 
 
 def test_keep_selects_exactly_k_with_rank_weights():

@@ -14,46 +14,15 @@ from hypothesis import strategies as st
 import sbkernels
 from sbkernels import Selection, SelectionPool
 
+from .helpers import LateReadbacks
+
 DEVICES = ["cpu", "cpu-late", *(["cuda"] if torch.cuda.is_available() else [])]
-
-
-class LateEvent:
-    """Stands in for a CUDA event that completes only after ``polls`` more queries (the GPU running behind)."""
-
-    def __init__(self, polls: int) -> None:
-        self.polls = polls
-
-    def query(self) -> bool:
-        self.polls -= 1
-        return self.polls < 0
-
-    def synchronize(self) -> None:
-        self.polls = -1
-
-
-class LateReadbackPool(SelectionPool):
-    """A CPU pool that takes the CUDA pool's asynchronous path: each count readback completes after 0 to
-    ``max_polls`` queries, so batches surface late and capacity is judged on bounds, as on a GPU."""
-
-    def __init__(self, batch_size: int, capacity: int | None = None, max_polls: int = 3, seed: int = 0) -> None:
-        super().__init__(batch_size, capacity)
-        self.max_polls = max_polls
-        self.gen = torch.Generator().manual_seed(seed)
-
-    @property
-    def _asynchronous(self) -> bool:
-        return True
-
-    def _start_readback(self):
-        # CPU work is already done, so a copy now reads what the GPU's stream-ordered copy would.
-        polls = int(torch.randint(0, self.max_polls + 1, (1,), generator=self.gen))
-        return self._cursor.clone(), LateEvent(polls)
 
 
 def new_pool(device: str, batch_size: int, capacity: int | None = None) -> tuple[SelectionPool, str]:
     """The pool under test and the device its tensors live on."""
     if device == "cpu-late":
-        return LateReadbackPool(batch_size, capacity), "cpu"
+        return SelectionPool(batch_size, capacity, readback=LateReadbacks()), "cpu"
     return SelectionPool(batch_size, capacity), device
 
 
@@ -191,7 +160,7 @@ def random_pushes(count: int, max_n: int, seed: int) -> list[tuple[int, list[int
 def test_late_counts_delay_batches_but_never_make_the_host_wait_at_default_capacity():
     """With the GPU at most one push behind, the default capacity (batch_size + 2 N) always fits the
     next push on the host's bounds alone: no wait, ever. Batches come out late, and all of them."""
-    pool = LateReadbackPool(32, max_polls=1, seed=1)
+    pool = SelectionPool(32, readback=LateReadbacks(max_polls=1, seed=1))
     got, expected, behind = [], [], 0
     for n, chosen in random_pushes(2000, 48, seed=2):
         pool.push(make_selection(n, chosen, "cpu"), torch.arange(len(expected), len(expected) + n))
@@ -212,7 +181,7 @@ def test_pool_on_the_emulated_cuda_path(monkeypatch):
     from .test_gather import emulated_gather
 
     monkeypatch.setattr("sbkernels.pool.gather_rows", emulated_gather())
-    pool = LateReadbackPool(24, max_polls=2, seed=5)
+    pool = SelectionPool(24, readback=LateReadbacks(max_polls=2, seed=5))
     got, expected, next_id = [], [], 0
     for n, chosen in random_pushes(300, 40, seed=6):
         ids = torch.arange(next_id, next_id + n)

@@ -29,7 +29,7 @@ void gather_rows_cpu(at::TensorList sources, const at::Tensor& indices, const at
     const auto& src = sources[i];
     const auto& out = outputs[i];
     if (rows_are_contiguous(src)) {
-      const int64_t row_bytes = src[0].numel() * src.element_size();
+      const int64_t row_bytes = row_numel(src) * src.element_size();
       const int64_t src_stride_bytes = src.stride(0) * src.element_size();
       const char* src_base = static_cast<const char*>(src.const_data_ptr());
       char* dst_base = static_cast<char*>(out.data_ptr()) + offset * row_bytes;

@@ -26,7 +26,7 @@ inline GatherTensor describe_gather_tensor(const at::Tensor& src, const at::Tens
   t.src = static_cast<const char*>(src.const_data_ptr());
   t.dst = static_cast<char*>(out.data_ptr());
   t.elem_bytes = static_cast<int32_t>(src.element_size());
-  t.row_bytes = (src.dim() > 1 ? src[0].numel() : 1) * t.elem_bytes;
+  t.row_bytes = row_numel(src) * t.elem_bytes;  // src[0] would throw for a source with 0 rows
   t.src_row_stride = src.stride(0) * t.elem_bytes;
   t.contiguous_rows = rows_are_contiguous(src) ? 1 : 0;
   const auto src_addr = reinterpret_cast<int64_t>(t.src);

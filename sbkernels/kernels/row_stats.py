@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .select_sb import _SEED, _STEP, _launchable, logsumexp_rows, row_blocks
+from .common import launch, logsumexp_rows, online_softmax_step, row_blocks, row_uniform, target_masks
+from .select_sb import _SEED, _STEP
 
 
 @triton.jit
@@ -37,8 +38,7 @@ def row_stats_kernel(
     step = tl.load(meta_ptr + _STEP)
     if FROM_LOGITS:
         t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
-        ignored = t == ignore_index
-        bad = in_range & ~ignored & ((t < 0) | (t >= C))
+        ignored, bad, usable = target_masks(t, in_range, C, ignore_index)
         row_ptr = logits_ptr + rows64 * stride_logits
         m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK_M], tl.float32)
@@ -48,17 +48,13 @@ def row_stats_kernel(
             cols = c0 + tl.arange(0, BLOCK_C)
             mask = in_range[:, None] & (cols < C)[None, :]
             x = tl.load(row_ptr[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=1))
-            scale = tl.exp(m - m_new)
-            e = tl.exp(x - m_new[:, None])
+            m, scale, e = online_softmax_step(m, x)
             e_other = tl.where(cols[None, :] == t[:, None], 0.0, e)
             s = s * scale + tl.sum(e, axis=1)
             o = o * scale + tl.sum(e_other, axis=1)
             o2 = o2 * scale * scale + tl.sum(e_other * e_other, axis=1)
-            m = m_new
         lse = m + tl.log(s)
-        gather = in_range & ~ignored & ~bad
-        x_t = tl.load(row_ptr + t, mask=gather, other=0.0).to(tl.float32)
+        x_t = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)
         loss = lse - x_t
         rest = o / s  # 1 - p_t without cancellation
         score = tl.sqrt(rest * rest + o2 / (s * s))
@@ -68,7 +64,7 @@ def row_stats_kernel(
     else:
         loss = tl.load(losses_in_ptr + rows64 * stride_losses, mask=in_range, other=0.0).to(tl.float32)
     tl.store(loss_ptr + rows64, loss, mask=in_range)
-    tl.store(u_ptr + rows64, tl.rand(seed, (step << 32) + rows64), mask=in_range)
+    tl.store(u_ptr + rows64, row_uniform(seed, step, rows64), mask=in_range)
 
 
 def launch_row_stats(
@@ -84,15 +80,14 @@ def launch_row_stats(
     score = torch.zeros(n, dtype=torch.float32, device=source.device) if not from_logits else torch.empty_like(loss)
     u = torch.empty_like(loss)
     config = row_blocks(n, num_classes, from_logits)
-    kernel = _launchable(row_stats_kernel, meta)
-    if kernel is not None:
-        kernel[(triton.cdiv(n, config["BLOCK_M"]),)](
-            logits, logits.stride(0) if from_logits else 0,
-            targets, targets.stride(0) if from_logits else 0,
-            losses, 0 if from_logits else losses.stride(0),
-            meta, loss, score, u, n, num_classes, ignore_index,
-            FROM_LOGITS=from_logits, **config,
-        )  # fmt: skip
+    launch(
+        row_stats_kernel, (triton.cdiv(n, config["BLOCK_M"]),), source.device, meta,
+        logits_ptr=logits, stride_logits=logits.stride(0) if from_logits else 0,
+        targets_ptr=targets, stride_targets=targets.stride(0) if from_logits else 0,
+        losses_in_ptr=losses, stride_losses=0 if from_logits else losses.stride(0),
+        meta_ptr=meta, loss_ptr=loss, score_ptr=score, u_ptr=u, N=n, C=num_classes, ignore_index=ignore_index,
+        FROM_LOGITS=from_logits, **config,
+    )  # fmt: skip
     return loss, score, u
 
 
@@ -109,7 +104,7 @@ def residual_kernel(
     in_range = rows < N
     rows64 = rows.to(tl.int64)
     t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
-    usable = in_range & (t != ignore_index) & (t >= 0) & (t < C)
+    _, _, usable = target_masks(t, in_range, C, ignore_index)
     row_ptr = logits_ptr + rows64 * stride_logits
     lse, _ = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
     x_t = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)
@@ -131,9 +126,9 @@ def launch_residual(
     r = torch.empty(n, num_classes, dtype=torch.float32, device=logits.device)
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
     config = row_blocks(n, num_classes, from_logits=True)
-    kernel = _launchable(residual_kernel, logits)
-    if kernel is not None:
-        kernel[(triton.cdiv(n, config["BLOCK_M"]),)](
-            logits, logits.stride(0), targets, targets.stride(0), r, loss, n, num_classes, ignore_index, **config
-        )  # fmt: skip
+    launch(
+        residual_kernel, (triton.cdiv(n, config["BLOCK_M"]),), logits.device, logits,
+        logits_ptr=logits, stride_logits=logits.stride(0), targets_ptr=targets, stride_targets=targets.stride(0),
+        r_ptr=r, loss_ptr=loss, N=n, C=num_classes, ignore_index=ignore_index, **config,
+    )  # fmt: skip
     return r, loss

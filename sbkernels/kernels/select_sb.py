@@ -21,14 +21,12 @@ launch replays in a CUDA graph.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 
 from ..state import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_SEED, META_STEP, META_TICKET
+from .common import _TILE, launch, logsumexp_rows, row_blocks, row_uniform, target_masks
 
 _PUSHED = tl.constexpr(META_PUSHED)
 _SEED = tl.constexpr(META_SEED)
@@ -43,44 +41,28 @@ _FLAG_SELECTED = tl.constexpr(2)
 _FLAG_NONFINITE = tl.constexpr(4)
 _FLAG_BAD = tl.constexpr(8)
 
-_TILE = 4096  # elements per program-wide tile: BLOCK_M * BLOCK_C and BLOCK_M * BLOCK_H
-_MAX_BLOCK_C = 4096
-_MAX_BLOCK_M = 256
 _BLOCK_SCAN = 1024
 
 
 @triton.jit
-def logsumexp_rows(row_ptr, in_range, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(logsumexp_c x_c, sum_c x_c) per row by a chunked online softmax in float32 (unused sums compile away)."""
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_M], tl.float32)
-    x_sum = tl.zeros([BLOCK_M], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        mask = in_range[:, None] & (cols < C)[None, :]
-        x = tl.load(row_ptr[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=1))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-        m = m_new
-        x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
-    return m + tl.log(s), x_sum
-
-
-@triton.jit
-def _cross_entropy_rows(
+def cross_entropy_rows(
     logits_ptr, stride_logits, targets_ptr, stride_targets, rows64, in_range, C,
     ignore_index, label_smoothing, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
+    """``(loss, ignored, bad)`` per row, as ``F.cross_entropy(reduction="none")`` in float32 math.
+
+    ``-inf`` logits follow SPEC section 2: a ``-inf`` non-target logit adds nothing when eps = 0 (the
+    smoothing term, whose mean would be -inf, is not formed at all), a ``-inf`` target logit gives +inf,
+    and with eps > 0 any ``-inf`` logit gives +inf through the mean.
+    """
     t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
-    ignored = t == ignore_index
-    bad = in_range & (t != ignore_index) & ((t < 0) | (t >= C))
+    ignored, bad, usable = target_masks(t, in_range, C, ignore_index)
     row_ptr = logits_ptr + rows64 * stride_logits  # int64 offsets: N * C may exceed 2**31
     lse, x_sum = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
-
-    gather = in_range & (t != ignore_index) & (t >= 0) & (t < C)
-    x_target = tl.load(row_ptr + t, mask=gather, other=0.0).to(tl.float32)
+    x_target = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)
     loss = lse - x_target
-    loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - x_sum / C)
+    smoothed = (1.0 - label_smoothing) * loss + label_smoothing * (lse - x_sum / C)
+    loss = tl.where(label_smoothing != 0.0, smoothed, loss)
     loss = tl.where(ignored, 0.0, loss)
     loss = tl.where(bad, float("nan"), loss)
     return loss, ignored, bad
@@ -144,7 +126,7 @@ def select_sb_kernel(
     step = tl.load(meta_ptr + _STEP)
 
     if FROM_LOGITS:
-        loss, ignored, bad = _cross_entropy_rows(
+        loss, ignored, bad = cross_entropy_rows(
             logits_ptr, stride_logits, targets_ptr, stride_targets, rows64, in_range, C,
             ignore_index, label_smoothing, BLOCK_M, BLOCK_C,
         )  # fmt: skip
@@ -180,7 +162,7 @@ def select_sb_kernel(
         p = tl.maximum(p, floor)
         p = tl.where(pushed < prime, 1.0, p)
     p = tl.where(valid, p, 0.0)
-    u = tl.rand(seed, (step << 32) + rows64)
+    u = row_uniform(seed, step, rows64)
     selected = valid & (u < p)
 
     flags = (
@@ -203,34 +185,6 @@ def select_sb_kernel(
             history_ptr, meta_ptr, loss_ptr, indices_ptr, count_ptr, N, R, pushed, step, total_valid,
             BLOCK_SCAN,
         )  # fmt: skip
-
-
-def interpreting() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1 before import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _launchable(kernel, probe: torch.Tensor):
-    """``wrap_triton(kernel)`` so torch.compile can trace the launch; the interpreter's kernel as it is.
-
-    Returns None when the launch must be skipped: interpreted kernels cannot run on fake tensors (the
-    op's fake implementation), where only the outputs' metadata matters.
-    """
-    if interpreting():
-        return None if is_fake(probe) else kernel
-    return torch.library.wrap_triton(kernel)
-
-
-def row_blocks(n: int, num_classes: int, from_logits: bool) -> dict[str, int]:
-    """BLOCK_M, BLOCK_C and warps of the row kernels (select_sb, row_stats, residual); C = 1 for losses."""
-    if from_logits:
-        block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C)
-        block_m = max(1, min(_MAX_BLOCK_M, _TILE // block_c))
-    else:
-        block_c = 1
-        block_m = _MAX_BLOCK_M
-    block_m = min(block_m, triton.next_power_of_2(n))
-    return {"BLOCK_M": block_m, "BLOCK_C": block_c, "num_warps": 8 if block_m * block_c >= 2048 else 4}
 
 
 def launch_config(n: int, num_classes: int, history_size: int, from_logits: bool) -> dict[str, int]:
@@ -269,17 +223,14 @@ def launch_select_sb(
     loss = torch.empty(n, dtype=torch.float32, device=device)
     prob = torch.empty(n, dtype=torch.float32, device=device)
     config = launch_config(n, num_classes, history.numel(), from_logits)
-    grid = (triton.cdiv(n, config["BLOCK_M"]),)
-    kernel = _launchable(select_sb_kernel, history)
-    if kernel is None:
-        return indices, count, loss, prob
-    kernel[grid](
-        logits, logits.stride(0) if from_logits else 0,
-        targets, targets.stride(0) if from_logits else 0,
-        losses, 0 if from_logits else losses.stride(0),
-        history, meta, loss, prob, indices, count,
-        n, num_classes, history.numel(), float(beta), beta_int, float(floor), prime, ignore_index,
-        float(label_smoothing), float(fixed_prob),
-        FROM_LOGITS=from_logits, FIXED_PROB=fixed_prob >= 0, **config,
+    launch(
+        select_sb_kernel, (triton.cdiv(n, config["BLOCK_M"]),), device, history,
+        logits_ptr=logits, stride_logits=logits.stride(0) if from_logits else 0,
+        targets_ptr=targets, stride_targets=targets.stride(0) if from_logits else 0,
+        losses_in_ptr=losses, stride_losses=0 if from_logits else losses.stride(0),
+        history_ptr=history, meta_ptr=meta, loss_ptr=loss, prob_ptr=prob, indices_ptr=indices, count_ptr=count,
+        N=n, C=num_classes, R=history.numel(), beta=float(beta), beta_int=beta_int, floor=float(floor),
+        prime=prime, ignore_index=ignore_index, label_smoothing=float(label_smoothing),
+        fixed_prob=float(fixed_prob), FROM_LOGITS=from_logits, FIXED_PROB=fixed_prob >= 0, **config,
     )  # fmt: skip
     return indices, count, loss, prob

@@ -1,0 +1,115 @@
+"""Triton building blocks shared by every kernel, and the one launch path that all launchers use.
+
+Device helpers (``@triton.jit``):
+
+- :func:`online_softmax_step` folds one column chunk into the running max ``m`` and the rescaled sum
+  ``s = sum_c exp(x_c - m)``::
+
+      m_new = max(m, max_c x_c);   shift = m_new, or 0 while m_new = -inf
+      scale = exp(m - shift);      e_c = exp(x_c - shift)
+
+  The shift is what keeps ``-inf`` logits (masked vocabulary entries) exact: a chunk that is ``-inf``
+  everywhere would otherwise compute ``exp(-inf - -inf) = NaN``. With the shift, such a chunk adds 0 and a
+  row that is ``-inf`` everywhere ends with ``lse = -inf``, as ``torch.logsumexp`` does.
+- :func:`logsumexp_rows`: ``(logsumexp_c x_c, sum_c x_c)`` per row from chunks of ``BLOCK_C`` columns.
+- :func:`target_masks`: which rows are ignored, which have a target outside ``[0, C)``.
+- :func:`row_uniform`: the row's Philox uniform ``tl.rand(seed, (step << 32) + row)`` (SPEC section 2).
+
+Host side: :func:`launch` is the only way a kernel is started. It enters the device guard of the tensors'
+device (a launch must run on their GPU, not the current one) and passes every argument by keyword.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+
+_TILE = 4096  # elements per program-wide tile: BLOCK_M * BLOCK_C (and BLOCK_M * BLOCK_H in select_sb)
+_MAX_BLOCK_C = 4096
+_MAX_BLOCK_M = 256
+
+
+@triton.jit
+def online_softmax_step(m, x):
+    """One chunk ``x`` (BLOCK_M, BLOCK_C) of the online softmax: ``(m_new, scale, e)`` with
+    ``s_new = s * scale + sum(e, axis=1)``; -inf safe (see the module docstring)."""
+    m_new = tl.maximum(m, tl.max(x, axis=1))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    scale = tl.exp(m - shift)
+    e = tl.exp(x - shift[:, None])
+    return m_new, scale, e
+
+
+@triton.jit
+def logsumexp_rows(row_ptr, in_range, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(logsumexp_c x_c, sum_c x_c) per row in float32 (an unused sum compiles away)."""
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_M], tl.float32)
+    x_sum = tl.zeros([BLOCK_M], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = in_range[:, None] & (cols < C)[None, :]
+        x = tl.load(row_ptr[:, None] + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        m, scale, e = online_softmax_step(m, x)
+        s = s * scale + tl.sum(e, axis=1)
+        x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
+    return m + tl.log(s), x_sum
+
+
+@triton.jit
+def target_masks(t, in_range, C, ignore_index):
+    """``(ignored, bad, usable)`` per row: target == ignore_index; outside [0, C) otherwise; neither."""
+    ignored = t == ignore_index
+    bad = in_range & ~ignored & ((t < 0) | (t >= C))
+    usable = in_range & ~ignored & ~bad
+    return ignored, bad, usable
+
+
+@triton.jit
+def row_uniform(seed, step, rows64):
+    """The row's Philox uniform: ``tl.rand(seed, (step << 32) + row)``, with int64 step and rows."""
+    return tl.rand(seed, (step << 32) + rows64)
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1 before import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.cuda.device(device)`` for a CUDA device (launches and events go to that GPU), else a no-op."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def row_blocks(n: int, num_classes: int, from_logits: bool) -> dict[str, int]:
+    """BLOCK_M, BLOCK_C and warps of the row kernels (select_sb, row_stats, residual); C = 1 for losses."""
+    if from_logits:
+        block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C)
+        block_m = max(1, min(_MAX_BLOCK_M, _TILE // block_c))
+    else:
+        block_c = 1
+        block_m = _MAX_BLOCK_M
+    block_m = min(block_m, triton.next_power_of_2(n))
+    return {"BLOCK_M": block_m, "BLOCK_C": block_c, "num_warps": 8 if block_m * block_c >= 2048 else 4}
+
+
+def launch(kernel, grid: tuple[int, ...], device: torch.device, probe: torch.Tensor, **arguments) -> None:
+    """Start ``kernel`` on ``grid`` on ``device``'s GPU (or the interpreter), all arguments by keyword.
+
+    ``torch.library.wrap_triton`` lets torch.compile trace the launch. Interpreted kernels cannot run on
+    fake tensors (the ops' fake implementations run the launcher with them): there the launch is skipped,
+    since only the outputs' metadata matters. ``probe`` is any tensor argument, to tell which case it is.
+    """
+    if interpreting():
+        if is_fake(probe):
+            return
+        runner = kernel
+    else:
+        runner = torch.library.wrap_triton(kernel)
+    with device_guard(device):
+        runner[grid](**arguments)
