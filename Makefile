@@ -61,7 +61,7 @@ cuda-binding-check:
 	else echo "nvcc not found: CUDA bindings not checked"; fi
 
 demo: build
-	$(PYTHON) -m sbkernels.demo
+	$(PYTHON) -m examples.demo
 
 bench: build
 	$(PYTHON) -m benchmarks.report

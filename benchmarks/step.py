@@ -96,7 +96,7 @@ def run(device: torch.device, batch: int, steps: int, warmup: int, beta: float |
         )
         for _ in range(4)
     ]
-    sb = None if beta is None else sbkernels.SelectiveBackprop(batch, beta=beta, device=device)
+    sb = None if beta is None else sbkernels.SelectiveBackprop(batch, sbkernels.SB(beta=beta))
     selection_time = Timer(device)
     backward_rows = 0
 

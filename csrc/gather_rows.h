@@ -3,13 +3,9 @@
 
 #include <ATen/ATen.h>
 
-namespace sbkernels {
+#include "slots.h"
 
-constexpr int64_t kCursorOffset = 0;
-constexpr int64_t kCursorOverflow = 1;
-constexpr int64_t kCursorInvalid = 2;
-constexpr int64_t kCursorScratch = 3;
-constexpr int64_t kCursorSize = 4;
+namespace sbkernels {
 
 // True when each row (all dims after the first) is one contiguous run of memory.
 inline bool rows_are_contiguous(const at::Tensor& t) {

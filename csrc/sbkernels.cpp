@@ -5,17 +5,37 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "slots.h"
+
 extern "C" {
-// Importing sbkernels._C loads this library, which runs the TORCH_LIBRARY registrations below.
+// Importing sbkernels._C loads this library, which runs the TORCH_LIBRARY registrations below. The module
+// itself only carries the slot numbers of slots.h, for sbkernels/slots.py.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  using namespace sbkernels;
+  const std::pair<const char*, int64_t> slots[] = {
+      {"META_PUSHED", kMetaPushed},       {"META_SEED", kMetaSeed},
+      {"META_STEP", kMetaStep},           {"META_NONFINITE", kMetaNonfinite},
+      {"META_BAD_TARGETS", kMetaBadTargets}, {"META_TICKET", kMetaTicket},
+      {"META_SIZE", kMetaSize},           {"CURSOR_OFFSET", kCursorOffset},
+      {"CURSOR_OVERFLOW", kCursorOverflow}, {"CURSOR_INVALID", kCursorInvalid},
+      {"CURSOR_TICKET", kCursorTicket},   {"CURSOR_SIZE", kCursorSize},
+  };
+  for (const auto& [name, value] : slots) {
+    if (PyModule_AddIntConstant(module, name, static_cast<long>(value)) != 0) {
+      Py_DECREF(module);
+      return nullptr;
+    }
+  }
+  return module;
 }
 }
 
 TORCH_LIBRARY(sbkernels, m) {
   // Appends sources[t][indices[:count]] to outputs[t] at row cursor[0] for every t in one launch and
-  // advances the cursor. cursor: int64 (4,) = [offset, overflow, invalid_indices, scratch]. Rows that do
+  // advances the cursor. cursor: int64 (4,), slots in slots.h: [offset, overflow, invalid, ticket]. Rows that do
   // not fit below the outputs' capacity are not written and are added to cursor[1]; an index outside
   // [0, N) keeps its slot, which is zero-filled and added to cursor[2]. count is read on the device.
   m.def(

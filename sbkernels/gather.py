@@ -7,10 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import library  # noqa: F401  (loads the extension that registers sbkernels::gather_rows)
-
-CURSOR_OFFSET, CURSOR_OVERFLOW, CURSOR_INVALID = 0, 1, 2
-CURSOR_SIZE = 4
+from .slots import CURSOR_SIZE  # importing slots loads the extension that registers sbkernels::gather_rows
 
 
 @torch.library.register_fake("sbkernels::gather_rows")
@@ -20,7 +17,7 @@ def _gather_rows_fake(sources, indices, count, outputs, cursor) -> None:
 
 
 def new_cursor(device: torch.device | str) -> Tensor:
-    """A zeroed cursor: int64 ``[offset, overflow, invalid_indices, scratch]`` on ``device``."""
+    """A zeroed cursor on ``device``: int64, slots ``CURSOR_*`` of :mod:`sbkernels.slots`."""
     return torch.zeros(CURSOR_SIZE, dtype=torch.int64, device=device)
 
 
@@ -35,8 +32,8 @@ def gather_rows(
         count: 0-d int32/int64 on the device: how many of ``indices`` to take (e.g. ``Selection.count``).
         outputs: contiguous tensors, one per source, with the source's trailing shape and dtype and the
             same leading dim M (the capacity).
-        cursor: int64 (4,) from :func:`new_cursor`. ``cursor[0]`` advances by the rows written; rows that
-            do not fit below M are added to ``cursor[1]`` (never written); indices outside [0, N) get a
-            zero row and are added to ``cursor[2]``.
+        cursor: from :func:`new_cursor`. ``cursor[CURSOR_OFFSET]`` advances by the rows written; rows that
+            do not fit below M are added to ``cursor[CURSOR_OVERFLOW]`` (never written); indices outside
+            [0, N) get a zero row and are added to ``cursor[CURSOR_INVALID]``.
     """
     torch.ops.sbkernels.gather_rows(list(sources), indices, count, list(outputs), cursor)

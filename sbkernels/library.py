@@ -12,11 +12,12 @@ Importing this module loads the compiled extension ``sbkernels._C``, which regis
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from types import ModuleType
 
 import torch
 
 try:
-    from . import _C  # noqa: F401  (loading the library runs its TORCH_LIBRARY registrations)
+    from . import _C  # loading the library runs its TORCH_LIBRARY registrations
 except ImportError as error:  # pragma: no cover - exercised only on an unbuilt checkout
     raise ImportError(
         "sbkernels._C, the compiled extension, is not built: run `make build` (or `pip install -e . "
@@ -35,6 +36,11 @@ def register_op(name: str, mutates_args: Iterable[str] = ()) -> Callable[[Callab
         return torch.library.triton_op(f"{NAMESPACE}::{name}", mutates_args=set(mutates_args))(implementation)
 
     return register
+
+
+def extension() -> ModuleType:
+    """The compiled extension module (it also carries the slot numbers of ``csrc/slots.h``)."""
+    return _C
 
 
 def python_implementation(name: str) -> Callable | None:

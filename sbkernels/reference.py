@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .state import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_SEED, META_STEP
+from .rows import advance_counters, compact, integer_beta, row_validity, target_masks
+from .slots import META_PUSHED, META_SEED, META_STEP
 
 # Philox4x32 constants, as in triton.language.random.
 _PHILOX_KEY_A = 0x9E3779B9
@@ -30,7 +31,6 @@ _PHILOX_ROUNDS = 10
 _U32 = 0xFFFFFFFF
 # Largest float32 s with (2**31 - 1) * s < 1 after rounding: Triton's uint32 -> [0, 1) scale.
 _UNIFORM_SCALE = 4.6566127342e-10
-MAX_INTEGER_BETA = 16
 
 
 def _mul_u32(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +52,7 @@ def philox_uniform(seed: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tens
     word (as int32 x) to ``(x if x >= 0 else ~x) * scale`` in float32. ``seed`` and ``step`` are 0-d int64
     tensors; nothing is read back to the host.
     """
-    device = seed.device
-    c0 = torch.arange(n, dtype=torch.int64, device=device)
+    c0 = torch.arange(n, dtype=torch.int64, device=seed.device)
     c1 = (step & _U32).expand(n)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
@@ -69,15 +68,6 @@ def philox_uniform(seed: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tens
     folded = torch.where(as_int32 < 0, -as_int32 - 1, as_int32)
     # A Python scalar, not torch.tensor(..., device=device): that would copy host data to the device per call.
     return folded.to(torch.float32) * _UNIFORM_SCALE
-
-
-def target_masks(
-    targets: torch.Tensor, num_classes: int, ignore_index: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(t, ignored, bad)``: targets as int64, rows equal to ignore_index, rows outside [0, C) otherwise."""
-    t = targets.long()
-    ignored = t == ignore_index
-    return t, ignored, ~ignored & ((t < 0) | (t >= num_classes))
 
 
 def cross_entropy(
@@ -101,15 +91,6 @@ def cross_entropy(
     return loss, ignored, bad
 
 
-def integer_beta(beta: float) -> int:
-    """beta as an int when it is a whole number in [1, MAX_INTEGER_BETA], else 0.
-
-    Whole powers are computed by repeated multiplication, which is exact IEEE arithmetic everywhere, so the
-    kernel and this reference agree bit for bit; other powers go through exp2/log2.
-    """
-    return int(beta) if float(beta).is_integer() and 1 <= beta <= MAX_INTEGER_BETA else 0
-
-
 def selection_probability(pct: torch.Tensor, beta: float, floor: float) -> torch.Tensor:
     """``max(floor, pct ** beta)`` in float32, computed the way the kernel does."""
     whole = integer_beta(beta)
@@ -120,16 +101,6 @@ def selection_probability(pct: torch.Tensor, beta: float, floor: float) -> torch
     else:
         p = torch.exp2(beta * torch.log2(pct))
     return torch.clamp_min(p, floor)
-
-
-def compact(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order-preserving stream compaction: (indices with -1 padding, 0-d int32 count)."""
-    n = selected.numel()
-    sel = selected.long()
-    slot = torch.where(selected, torch.cumsum(sel, 0) - 1, n)  # unselected rows go to a spill slot
-    out = torch.full((n + 1,), -1, dtype=torch.int64, device=selected.device)
-    out.scatter_(0, slot, torch.arange(n, dtype=torch.int64, device=selected.device))
-    return out[:n].clone(), sel.sum().to(torch.int32)
 
 
 def percentile(loss: torch.Tensor, history: torch.Tensor, n_hist: torch.Tensor) -> torch.Tensor:
@@ -164,8 +135,7 @@ def select_sb(
     loss = loss.float()
     n, size = loss.numel(), history.numel()
     pushed, step, seed = meta[META_PUSHED], meta[META_STEP], meta[META_SEED]
-    finite = torch.isfinite(loss)
-    valid = ~ignored & ~bad & finite
+    valid, nonfinite = row_validity(loss, ignored, bad)
 
     if fixed_prob >= 0:
         prob = torch.full_like(loss, fixed_prob)
@@ -186,20 +156,8 @@ def select_sb(
     ring.scatter_(0, slot, torch.where(push, loss, torch.zeros_like(loss)))
     history.copy_(ring[:size])
 
-    advance_counters(meta, pushed=n_valid, nonfinite=(~ignored & ~bad & ~finite).sum(), bad_targets=bad.sum())
+    advance_counters(meta, pushed=n_valid, nonfinite=nonfinite.sum(), bad_targets=bad.sum())
     return indices, count, loss, prob
-
-
-def advance_counters(meta: torch.Tensor, *, pushed: torch.Tensor, nonfinite: torch.Tensor, bad_targets: torch.Tensor):
-    """The end of every call, on the device: ``step += 1`` and the counts (0-d device tensors) added.
-
-    In-place adds on views of ``meta``: no host value is written into the device tensor (``meta[i] = x``
-    with a Python ``x`` would be a blocking host-to-device copy on CUDA).
-    """
-    meta[META_PUSHED].add_(pushed)
-    meta[META_STEP].add_(1)
-    meta[META_NONFINITE].add_(nonfinite)
-    meta[META_BAD_TARGETS].add_(bad_targets)
 
 
 def importance_score(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -232,3 +190,19 @@ def row_stats(
         loss = losses.to(torch.float32, copy=True)
         score = torch.zeros_like(loss)
     return loss, score, philox_uniform(meta[META_SEED], meta[META_STEP], loss.numel()).to(loss.device)
+
+
+def residuals(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r, loss)``: bias gradients ``softmax(x_i) - onehot(t_i)`` (N, C) float32 and the losses; both 0 for
+    ignored rows and rows with bad targets (what the residual kernel computes)."""
+    x = logits.float()
+    num_classes = x.shape[1]
+    t, ignored, bad = target_masks(targets, num_classes, ignore_index)
+    usable = ~ignored & ~bad
+    p = torch.softmax(x, dim=1)
+    onehot = torch.zeros_like(p).scatter_(1, t.clamp(0, num_classes - 1).unsqueeze(1), 1.0)
+    r = torch.where(usable[:, None], p - onehot, torch.zeros_like(p))
+    x_target = x.gather(1, t.clamp(0, num_classes - 1)[:, None])[:, 0]
+    return r, torch.where(usable, torch.logsumexp(x, 1) - x_target, 0.0)

@@ -1,4 +1,4 @@
-"""Batch-level sampling for the policies beyond "sb", shared by the kernel and the reference paths.
+"""Batch-level sampling for the policies beyond "sb", shared by the Triton and the reference paths.
 
 Every function works on per-row N-vectors (loss, score, Philox uniform u, validity) with static shapes and
 device-side counts only, so it never synchronizes and traces under torch.compile.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reference import compact
+from .rows import compact
 
 
 def keep_weights(loss: Tensor, valid: Tensor, keep: float) -> Tensor:
@@ -42,29 +42,30 @@ def sample_without_replacement(weight: Tensor, u: Tensor, k: int) -> tuple[Tenso
     return compact(chosen)
 
 
-def sample_proportional(score: Tensor, valid: Tensor, u: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """k rows drawn with replacement with q_i proportional to ``score`` (importance sampling).
-
-    Uses ``u[:k]`` as the k draws (inverse CDF). Returns ``(indices, count, weight)``: indices ascending,
-    a row repeated as often as drawn; ``weight_i = 1 / (n_valid * q_i)`` makes the weighted mean loss of
-    the drawn rows unbiased for the mean over valid rows. With all scores 0, q is uniform over valid rows.
-    """
-    n = score.numel()
-    k = min(k, n)
+def proportional_distribution(score: Tensor, valid: Tensor) -> Tensor:
+    """q_i proportional to ``score`` over the valid rows (uniform over them when every score is 0)."""
     s = torch.where(valid, score.nan_to_num(0.0), torch.zeros_like(score))
-    n_valid = valid.sum()
     total = s.sum()
-    uniform = valid.to(torch.float32) / n_valid.clamp_min(1)
-    q = torch.where(total > 0, s / total.clamp_min(1e-30), uniform)
+    uniform = valid.to(torch.float32) / valid.sum().clamp_min(1)
+    return torch.where(total > 0, s / total.clamp_min(1e-30), uniform)
+
+
+def sample_proportional(q: Tensor, u: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """k rows drawn with replacement with probabilities ``q`` (importance sampling), by inverse CDF.
+
+    Uses ``u[:k]`` as the k draws. Returns ``(indices, count)``: indices ascending, a row repeated as often
+    as drawn, -1 after; count is 0 when q is 0 everywhere (no valid row).
+    """
+    n = q.numel()
+    k = min(k, n)
     cdf = torch.cumsum(q, 0)
     # u * total can round up to the total: never step past the last row that can be drawn.
-    positions = torch.arange(n, device=score.device)
+    positions = torch.arange(n, device=q.device)
     last = torch.where(q > 0, positions, torch.zeros_like(positions)).max()
     rows = torch.searchsorted(cdf, (u[:k] * cdf[-1]).contiguous(), right=True).clamp_max(last)
-    indices = torch.full((n,), -1, dtype=torch.int64, device=score.device)
+    indices = torch.full((n,), -1, dtype=torch.int64, device=q.device)
     indices[:k] = torch.sort(rows).values
-    has_rows = n_valid > 0
+    has_rows = (q > 0).any()
     indices = torch.where(has_rows, indices, torch.full_like(indices, -1))
     count = torch.where(has_rows, k, 0).to(torch.int32)
-    weight = torch.where(q > 0, 1.0 / (n_valid.clamp_min(1) * q.clamp_min(1e-30)), torch.zeros_like(q))
-    return indices, count, weight
+    return indices, count

@@ -5,9 +5,9 @@ ask the host for anything:
 
 - ``history`` (R,) float32: ring buffer of the most recent valid losses. The k-th loss ever pushed (0-based)
   lives at ``history[k % R]``.
-- ``meta`` (8,) int64: counters, addressed by the ``META_*`` slots below. ``pushed``, ``rng`` (``[seed,
-  step]``) and ``step`` are views into it, so the op updates them in place and CUDA graphs that captured
-  them stay valid.
+- ``meta`` (8,) int64: counters, addressed by the ``META_*`` slots of :mod:`sbkernels.slots`.
+  ``pushed``, ``step`` and the error counts are views into it, so the ops update them in place and CUDA
+  graphs that captured them stay valid.
 """
 
 from __future__ import annotations
@@ -16,13 +16,7 @@ from typing import Any
 
 import torch
 
-META_PUSHED = 0  # losses ever pushed into the history
-META_SEED = 1  # Philox seed
-META_STEP = 2  # calls made so far: the high 32 bits of every Philox offset
-META_NONFINITE = 3  # rows whose loss was NaN or +-inf (never selected, never pushed)
-META_BAD_TARGETS = 4  # rows whose target was outside [0, C) and not ignore_index
-META_TICKET = 5  # kernel scratch: (valid losses << 32) | finished programs; 0 between calls
-META_SIZE = 8
+from .slots import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_SEED, META_SIZE, META_STEP, META_TICKET
 
 _STATE_DICT_VERSION = 1
 
@@ -49,10 +43,6 @@ class SelectorState:
     @property
     def pushed(self) -> torch.Tensor:
         return self.meta[META_PUSHED]
-
-    @property
-    def rng(self) -> torch.Tensor:
-        return self.meta[META_SEED : META_STEP + 1]
 
     @property
     def step(self) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Dataset-level subset selection (seed 003): Grad-Match, Cached-Grad-Match and RandomPB.
 
-- :class:`GradMatch` (Killamsetty et al. 2021): every ``select_every`` epochs from ``select_after`` on,
+- :class:`GradMatchSubsets` (Killamsetty et al. 2021): every ``select_every`` epochs from ``select_after`` on,
   choose a weighted subset of ``fraction`` of the training set whose last-layer gradients match the full
   training gradient (per class or over the whole set), by :func:`sbkernels.gradmatch.omp_nnls`. An optional
   warm start trains on all the data first; :func:`select_after_within_budget` places ``select_after`` so that
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .gradmatch import last_layer_gram, omp_nnls
+from .omp import last_layer_gram, omp_nnls
 
 
 @dataclass
@@ -88,7 +88,7 @@ def weighted_batches(
         yield inputs[rows], targets[rows], weights[take].to(inputs.device)
 
 
-class GradMatch:
+class GradMatchSubsets:
     """Grad-Match subsets of a training set of ``num_samples`` examples.
 
     Args:
@@ -177,7 +177,7 @@ class SubsetRecorder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.rounds: list[dict] = []
-        self.schedule: dict[str, int] | None = None  # set by GradMatch: warm_start_epochs, select_after
+        self.schedule: dict[str, int] | None = None  # set by GradMatchSubsets: warm_start_epochs, select_after
 
     def record(self, subset: Subset) -> None:
         self.rounds.append({"epoch": subset.epoch, "indices": subset.indices.cpu(), "weights": subset.weights.cpu()})

@@ -128,16 +128,20 @@ if torch.cuda.is_available():
 
 
 @pytest.mark.parametrize(("backend", "device", "checks"), OPCHECK_CASES, ids=[f"{b}-{d}" for b, d, _ in OPCHECK_CASES])
-def test_opcheck_select_ops(backend, device, checks):
+def test_opcheck_every_policy_op(backend, device, checks):
     logits, targets = good_inputs(device, n=9, num_classes=5)
+    losses = torch.rand(9, device=device)
     state = sbkernels.SelectorState(4, device=device)
-    torch.library.opcheck(
-        torch.ops.sbkernels.select_sb.default,
-        (logits, targets, state.history, state.meta, 2.0, 0.0, 0, -100, 0.0, -1.0, backend),
-        test_utils=checks,
-    )
-    torch.library.opcheck(
-        torch.ops.sbkernels.select_sb_losses.default,
-        (torch.rand(9, device=device), state.history, state.meta, 1.0, 0.1, 0, 0.3, backend),
-        test_utils=checks,
-    )
+    h, m = state.history, state.meta
+    ops = torch.ops.sbkernels
+    calls = [
+        (ops.select_sb.default, (logits, targets, None, h, m, 2.0, 0.0, 0, -100, 0.0, backend)),
+        (ops.select_sb.default, (None, None, losses, h, m, 1.0, 0.1, 0, -100, 0.0, backend)),
+        (ops.uniform.default, (logits, targets, None, h, m, 0.3, -1, -100, backend)),
+        (ops.uniform.default, (None, None, losses, h, m, -1.0, 4, -100, backend)),
+        (ops.keep.default, (logits, targets, None, m, 0.5, -100, backend)),
+        (ops.importance.default, (logits, targets, m, 4, -100, backend)),
+        (ops.gradmatch.default, (logits, targets, None, m, 3, 5, -100, backend)),
+    ]
+    for op, args in calls:
+        torch.library.opcheck(op, args, test_utils=checks)

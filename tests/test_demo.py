@@ -1,14 +1,22 @@
-"""Smoke test of the end-to-end demo on a tiny budget: it runs, reports every method and writes its files."""
+"""Smoke test of the end-to-end demo (examples/demo) on a tiny budget: it runs, reports every method and
+writes its files; the library imports none of it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
-from sbkernels import demo
+import pytest
+import torch
+
+from examples.demo import cli
+from examples.demo.data import add_label_noise
+from examples.demo.methods import select_methods
 
 
 def test_demo_runs_every_method_on_a_tiny_budget(tmp_path, capsys):
-    out = demo.main(
+    out = cli.main(
         ["--epochs", "2", "--seeds", "2", "--train-subset", "300", "--no-progress", "--label-noise", "0.1",
          "--out", str(tmp_path)]
     )  # fmt: skip
@@ -30,21 +38,19 @@ def test_demo_runs_every_method_on_a_tiny_budget(tmp_path, capsys):
 
 
 def test_label_noise_flips_the_requested_fraction():
-    import torch
-
     labels = torch.randint(0, 10, (10_000,), generator=torch.Generator().manual_seed(0))
-    noisy = demo.add_label_noise(labels, 0.2, 10)
+    noisy = add_label_noise(labels, 0.2, 10)
     assert abs(float((noisy != labels).float().mean()) - 0.2) < 0.02
 
 
 def test_demo_subset_methods_on_a_tiny_budget(tmp_path):
-    out = demo.main(["--epochs", "6", "--seeds", "2", "--train-subset", "200", "--no-progress", "--methods", "subsets",
-                     "--out", str(tmp_path)])  # fmt: skip
+    out = cli.main(["--epochs", "6", "--seeds", "2", "--train-subset", "200", "--no-progress", "--methods", "subsets",
+                    "--out", str(tmp_path)])  # fmt: skip
     rows = {row["method"].split(" at ")[0]: row for row in out["rows"]}
     # Budget 0.3 of 6 epochs = 1.8 full epochs; Grad-Match's warm-start epoch is paid from it: 1 + 3 x 0.3.
-    budget = demo.DEFAULT_BUDGET * 6 * 200
+    budget = cli.DEFAULT_BUDGET * 6 * 200
     for name in ("Grad-Match", "Grad-Match unweighted"):
-        assert abs(rows[name]["backward"] - budget) <= 0.5 * demo.DEFAULT_BUDGET * 200 + 10, rows[name]
+        assert abs(rows[name]["backward"] - budget) <= 0.5 * cli.DEFAULT_BUDGET * 200 + 10, rows[name]
     subset_rows = {"gradmatch", "Grad-Match", "Grad-Match unweighted", "Cached-Grad-Match", "RandomPB"}
     assert set(rows) == {"baseline", *subset_rows}
     # Cached-Grad-Match replays the recorded rounds: same backward examples, no scoring passes.
@@ -55,8 +61,19 @@ def test_demo_subset_methods_on_a_tiny_budget(tmp_path):
     assert (tmp_path / "digits-grad-match-rounds.pt").exists()
 
 
-def test_unknown_method_is_a_clear_error():
-    import pytest
-
+def test_methods_are_chosen_by_id():
+    assert [m.id for m in select_methods("sb-2,cached-grad-match")] == [
+        "baseline", "sb-2", "grad-match", "cached-grad-match"
+    ]  # fmt: skip
     with pytest.raises(SystemExit, match="unknown method"):
-        demo.select_methods("SB beta=9")
+        select_methods("SB beta=9")
+
+
+def test_the_library_imports_no_demo_plotting_or_dataset_code():
+    code = (
+        "import sys, sbkernels\n"
+        "loaded = [m for m in ('matplotlib', 'sklearn', 'examples') if m in sys.modules]\n"  # torch loads tqdm
+        "assert not loaded, loaded"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import sbkernels
-from sbkernels import gradmatch, policies, pool
+from sbkernels import policies, row_count
 from sbkernels.kernels import common, select_sb
 
 from .conftest import kernel_devices
@@ -58,7 +58,7 @@ CALLS = {
     "keep": lambda x, t, s: policies.select_keep(x, t, s, 0.5, backend="triton"),
     "uniform k": lambda x, t, s: policies.select_uniform(x, t, s, k=3, backend="triton"),
     "importance": lambda x, t, s: policies.select_importance(x, t, s, 3, backend="triton"),
-    "gradmatch": lambda x, t, s: gradmatch.select_gradmatch(x, t, s, 3, backend="triton"),
+    "gradmatch": lambda x, t, s: policies.select_gradmatch(x, t, s, 3, backend="triton"),
 }
 
 
@@ -96,11 +96,11 @@ def test_the_pool_readback_records_on_the_cursors_device(monkeypatch):
         def record(self, stream):
             calls.append(("record", stream))
 
-    monkeypatch.setattr(pool, "device_guard", guard)
-    monkeypatch.setattr(pool, "pinned_like", torch.empty_like)
+    monkeypatch.setattr(row_count, "device_guard", guard)
+    monkeypatch.setattr(row_count, "pinned_like", torch.empty_like)
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: ("stream of", device))
     cursor = torch.arange(4)
-    readback = pool.EventReadback(cursor)
+    readback = row_count.EventReadback(cursor)
     assert calls == [("guard", cursor.device), ("record", ("stream of", cursor.device))]
     assert readback.host.tolist() == [0, 1, 2, 3]

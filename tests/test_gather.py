@@ -14,7 +14,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from sbkernels.gather import CURSOR_INVALID, CURSOR_OFFSET, CURSOR_OVERFLOW, gather_rows, new_cursor
+from sbkernels.gather import gather_rows, new_cursor
+from sbkernels.slots import CURSOR_INVALID, CURSOR_OFFSET, CURSOR_OVERFLOW
 
 from . import cuda_emulation
 

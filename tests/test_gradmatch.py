@@ -9,9 +9,10 @@ import torch
 from scipy.optimize import nnls
 
 import sbkernels
-from sbkernels import gradmatch
+from sbkernels import omp, reference
+from sbkernels.kernels.row_stats import launch_residual
 from sbkernels.subsets import (
-    GradMatch,
+    GradMatchSubsets,
     RandomPB,
     SubsetRecorder,
     SubsetReplayer,
@@ -36,7 +37,7 @@ def gram_form(vectors: torch.Tensor, target: torch.Tensor):
 @pytest.mark.parametrize("seed", range(8))
 def test_omp_residual_never_increases_and_weights_are_nonnegative(seed):
     vectors, target = random_problem(30, 12, seed)
-    picked, weights, history = gradmatch.omp_nnls(*gram_form(vectors, target), k=10, steps=200)
+    picked, weights, history = omp.omp_nnls(*gram_form(vectors, target), k=10, steps=200)
     assert torch.all(weights >= 0)
     assert len(set(picked.tolist())) == 10
     assert torch.all(history[1:] <= history[:-1] + 1e-9 * float(target @ target))
@@ -52,7 +53,7 @@ def test_omp_recovers_an_exact_nonnegative_combination(seed):
     support = torch.randperm(20, generator=gen)[:3]
     true_weights = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
     target = true_weights @ vectors[support]
-    picked, weights, history = gradmatch.omp_nnls(*gram_form(vectors, target), k=3, steps=2000)
+    picked, weights, history = omp.omp_nnls(*gram_form(vectors, target), k=3, steps=2000)
     assert set(picked.tolist()) == set(support.tolist())
     order = torch.argsort(picked)
     torch.testing.assert_close(weights[order], true_weights[torch.argsort(support)], rtol=1e-4, atol=1e-6)
@@ -75,7 +76,7 @@ def test_omp_against_the_exhaustive_optimum_on_tiny_problems(capsys):
         n = 4 + seed % 7  # 4..10
         k = 1 + seed % 3  # 1..3
         vectors, target = random_problem(n, 6, 1000 + seed)
-        _, _, history = gradmatch.omp_nnls(*gram_form(vectors, target), k=k, steps=3000)
+        _, _, history = omp.omp_nnls(*gram_form(vectors, target), k=k, steps=3000)
         optimum = exhaustive_optimum(vectors, target, k)
         assert float(history[-1]) >= optimum - 1e-7 * float(target @ target)  # nothing beats the optimum
         ratios.append((float(history[-1]) + 1e-12) / (optimum + 1e-12))
@@ -106,11 +107,11 @@ def test_factorized_inner_products_equal_autograd_per_example_gradients():
     gw, gb = vmap(grad(loss), in_dims=(None, 0, 0))((weight, bias), h, y)
     per_example = torch.cat([gw.flatten(1), gb], dim=1)
     logits = h @ weight.T + bias
-    r, _ = gradmatch.residual_reference(logits, y)
+    r, _ = reference.residuals(logits, y)
     torch.testing.assert_close(r.double(), gb, rtol=1e-6, atol=1e-7)  # float32 math in the reference
     r64 = torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, num_classes).double()
-    torch.testing.assert_close(gradmatch.last_layer_gram(r64, h).double(), per_example @ per_example.T)
-    torch.testing.assert_close(gradmatch.last_layer_gram(r64).double(), gb @ gb.T)
+    torch.testing.assert_close(omp.last_layer_gram(r64, h).double(), per_example @ per_example.T)
+    torch.testing.assert_close(omp.last_layer_gram(r64).double(), gb @ gb.T)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -120,8 +121,8 @@ def test_residual_kernel_matches_reference(device):
         logits = torch.randn(n, num_classes, generator=gen) * 3
         targets = torch.randint(0, num_classes, (n,), generator=gen)
         targets[0] = -100
-        r, loss = gradmatch.residuals(logits.to(device), targets.to(device), backend="triton")
-        want_r, want_loss = gradmatch.residual_reference(logits, targets)
+        r, loss = launch_residual(logits=logits.to(device), targets=targets.to(device), ignore_index=-100)
+        want_r, want_loss = reference.residuals(logits, targets)
         torch.testing.assert_close(r.cpu(), want_r, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(loss.cpu(), want_loss, rtol=1e-5, atol=1e-5)
         assert torch.all(r[0] == 0)
@@ -134,11 +135,11 @@ def test_select_gradmatch_matches_the_batch_gradient_better_than_random_rows():
     targets = torch.randint(0, 10, (n,), generator=gen)
     features = torch.randn(n, 16, generator=gen)
     state = sbkernels.SelectorState(4)
-    sel = gradmatch.select_gradmatch(logits, targets, state, k, features)
+    sel = sbkernels.select_gradmatch(logits, targets, state, k, features)
     rows = sel.indices[: int(sel.count)]
     assert 0 < int(sel.count) <= k and torch.all(sel.weight[rows] > 0) and int(state.step) == 1
     assert torch.all(sel.weight[sel.prob == 0] == 0)
-    r, _ = gradmatch.residual_reference(logits, targets)
+    r, _ = reference.residuals(logits, targets)
     grads = torch.cat([(r[:, :, None] * features[:, None, :]).flatten(1), r], dim=1).double()
     full = grads.mean(0)
     matched = (sel.weight[rows].double() @ grads[rows]) / k
@@ -154,7 +155,7 @@ def test_grad_match_subsets_record_and_replay(tmp_path):
     r = torch.softmax(torch.randn(n, 3, generator=gen), 1) - torch.nn.functional.one_hot(labels, 3).float()
     features = torch.randn(n, 5, generator=gen)
     recorder = SubsetRecorder(tmp_path / "rounds.pt")
-    gm = GradMatch(n, fraction=0.1, select_every=2, warm_start_epochs=1, recorder=recorder)
+    gm = GradMatchSubsets(n, fraction=0.1, select_every=2, warm_start_epochs=1, recorder=recorder)
     assert [e for e in range(6) if gm.needs_selection(e)] == [1, 3, 5]
     assert gm.subset_for(0) is None
     chosen = {}
@@ -192,7 +193,7 @@ def test_grad_match_pauses_after_the_warm_start_and_the_replay_does_too(tmp_path
     n = 120
     labels = torch.randint(0, 3, (n,), generator=gen)
     r = torch.softmax(torch.randn(n, 3, generator=gen), 1) - torch.nn.functional.one_hot(labels, 3).float()
-    gm = GradMatch(n, fraction=0.2, select_every=2, warm_start_epochs=1, select_after=3,
+    gm = GradMatchSubsets(n, fraction=0.2, select_every=2, warm_start_epochs=1, select_after=3,
                    recorder=SubsetRecorder(tmp_path / "rounds.pt"))  # fmt: skip
     assert [e for e in range(8) if gm.needs_selection(e)] == [3, 5, 7]
     trained = {}
@@ -215,8 +216,8 @@ def test_unweighted_grad_match_keeps_the_subset_and_drops_the_weights():
     labels = torch.randint(0, 4, (n,), generator=gen)
     r = torch.softmax(torch.randn(n, 4, generator=gen) * 3, 1) - torch.nn.functional.one_hot(labels, 4).float()
     features = torch.randn(n, 6, generator=gen)
-    weighted = GradMatch(n, fraction=0.2).select(1, r, labels, features)
-    plain = GradMatch(n, fraction=0.2, weighted=False).select(1, r, labels, features)
+    weighted = GradMatchSubsets(n, fraction=0.2).select(1, r, labels, features)
+    plain = GradMatchSubsets(n, fraction=0.2, weighted=False).select(1, r, labels, features)
     assert torch.equal(plain.indices, weighted.indices)
     assert torch.all(plain.weights == 1) and not torch.all(weighted.weights == 1)
 
@@ -242,7 +243,7 @@ def test_ridge_spreads_the_weights_and_keeps_the_subset_mean_at_one():
     features = torch.relu(torch.randn(n, 16, generator=gen) * 4)
     spread = {}
     for ridge in (0.0, 0.5):
-        subset = GradMatch(n, fraction=0.25, ridge=ridge).select(0, r, labels, features)
+        subset = GradMatchSubsets(n, fraction=0.25, ridge=ridge).select(0, r, labels, features)
         torch.testing.assert_close(subset.weights.mean(), torch.tensor(1.0))
         spread[ridge] = float(subset.weights.max() / subset.weights.median())
     assert spread[0.5] < spread[0.0] / 2, spread

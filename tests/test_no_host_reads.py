@@ -13,7 +13,7 @@ import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 import sbkernels
-from sbkernels import gradmatch, policies
+from sbkernels import policies
 
 N, C = 37, 11
 
@@ -31,7 +31,7 @@ CALLS = {
     "uniform rate": lambda x, t, s: policies.select_uniform(x, t, s, rate=0.3, backend="reference"),
     "uniform k": lambda x, t, s: policies.select_uniform(x, t, s, k=9, backend="reference"),
     "importance": lambda x, t, s: policies.select_importance(x, t, s, k=9, backend="reference"),
-    "gradmatch": lambda x, t, s: gradmatch.select_gradmatch(x, t, s, 5, x[:, :7] * 2, steps=4, backend="reference"),
+    "gradmatch": lambda x, t, s: policies.select_gradmatch(x, t, s, 5, x[:, :7] * 2, steps=4, backend="reference"),
 }
 
 

@@ -11,7 +11,8 @@ import torch
 
 import sbkernels
 from sbkernels import reference, sampling
-from sbkernels.state import META_SEED, META_STEP
+from sbkernels.kernels.row_stats import launch_row_stats
+from sbkernels.slots import META_SEED, META_STEP
 
 from .conftest import kernel_devices
 from .helpers import random_logits
@@ -29,8 +30,8 @@ def test_row_stats_kernel_matches_reference(device, n, num_classes, dtype):
     targets[::5] = -100
     meta = sbkernels.SelectorState(4, seed=n * 7919).meta
     meta[2] = 12345
-    loss, score, u = torch.ops.sbkernels.row_stats(
-        logits.to(device), targets.to(device), None, meta.to(device), -100, "triton"
+    loss, score, u = launch_row_stats(
+        logits=logits.to(device), targets=targets.to(device), losses=None, meta=meta.to(device), ignore_index=-100
     )
     want_loss, want_score, want_u = reference.row_stats(logits, targets, None, meta)
     assert torch.equal(u.cpu(), want_u)
@@ -153,10 +154,12 @@ def test_sampling_edge_cases():
     u = torch.rand(6)
     indices, count = sampling.sample_without_replacement(torch.tensor([0.0, 1.0, 0.0, 2.0, 0.0, 0.0]), u, 4)
     assert int(count) == 2 and indices[:2].tolist() == [1, 3]  # fewer usable rows than k
-    idx, count, weight = sampling.sample_proportional(torch.zeros(4), torch.tensor([True, False, True, True]), u, 3)
-    assert int(count) == 3 and set(idx[:3].tolist()) <= {0, 2, 3}  # all scores 0: uniform over valid rows
-    assert weight.tolist() == [1.0, 0.0, 1.0, 1.0]  # 1 / (3 valid rows * q = 1/3)
-    idx, count, _ = sampling.sample_proportional(torch.ones(3), torch.zeros(3, dtype=torch.bool), u, 2)
+    q = sampling.proportional_distribution(torch.zeros(4), torch.tensor([True, False, True, True]))
+    torch.testing.assert_close(q, torch.tensor([1 / 3, 0.0, 1 / 3, 1 / 3]))  # all scores 0: uniform over valid rows
+    idx, count = sampling.sample_proportional(q, u, 3)
+    assert int(count) == 3 and set(idx[:3].tolist()) <= {0, 2, 3}
+    q = sampling.proportional_distribution(torch.ones(3), torch.zeros(3, dtype=torch.bool))
+    idx, count = sampling.sample_proportional(q, u, 2)
     assert int(count) == 0 and idx.tolist() == [-1, -1, -1]
 
 

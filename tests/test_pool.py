@@ -180,7 +180,7 @@ def test_pool_on_the_emulated_cuda_path(monkeypatch):
     including its pops, which gather with an int64 count computed on the device."""
     from .test_gather import emulated_gather
 
-    monkeypatch.setattr("sbkernels.pool.gather_rows", emulated_gather())
+    monkeypatch.setattr("sbkernels.row_buffers.gather_rows", emulated_gather())
     pool = SelectionPool(24, readback=LateReadbacks(max_polls=2, seed=5))
     got, expected, next_id = [], [], 0
     for n, chosen in random_pushes(300, 40, seed=6):

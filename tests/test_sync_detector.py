@@ -13,12 +13,19 @@ import pytest
 import torch
 
 import sbkernels
-from sbkernels import SelectionPool, gradmatch, policies
+from sbkernels import SelectionPool, policies
 from sbkernels.gather import gather_rows, new_cursor
 
 from .conftest import kernel_devices
 from .helpers import LateReadbacks
 from .sync_detector import SyncDetector, mark_host, note_wait
+
+POLICIES = {
+    "sb": lambda **kw: sbkernels.SB(beta=1.0, **kw),
+    "keep": lambda **kw: sbkernels.Keep(0.5, **kw),
+    "importance": lambda **kw: sbkernels.Importance(9, **kw),
+    "gradmatch": lambda **kw: sbkernels.GradMatch(5, steps=4, **kw),
+}
 
 N, C = 37, 11
 
@@ -136,7 +143,7 @@ CALLS = {
     "uniform rate": lambda x, t, s, b: policies.select_uniform(x, t, s, rate=0.3, backend=b),
     "uniform k": lambda x, t, s, b: policies.select_uniform(x, t, s, k=9, backend=b),
     "importance": lambda x, t, s, b: policies.select_importance(x, t, s, k=9, backend=b),
-    "gradmatch": lambda x, t, s, b: gradmatch.select_gradmatch(x, t, s, 5, x[:, :7] * 2, steps=4, backend=b),
+    "gradmatch": lambda x, t, s, b: policies.select_gradmatch(x, t, s, 5, x[:, :7] * 2, steps=4, backend=b),
 }
 
 
@@ -185,12 +192,13 @@ def test_pool_push_and_ready_batches_never_sync_on_the_asynchronous_path(backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("policy", ["sb", "keep", "importance"])
+@pytest.mark.parametrize("policy", ["sb", "keep", "importance", "gradmatch"])
 def test_selective_backprop_observe_and_ready_batches_never_sync(backend, policy):
     x, t = _device_tensors()
-    options = {"k": 9} if policy == "importance" else {}
-    sb = sbkernels.SelectiveBackprop(8, policy=policy, beta=1.0, interrupt=3, backend=backend, **options)
-    sb.pool = SelectionPool(8, readback=LateReadbacks(max_polls=1, seed=3))
+    sb = sbkernels.SelectiveBackprop(
+        8, POLICIES[policy](backend=backend), schedule=sbkernels.Schedule(interrupt=3),
+        readback=LateReadbacks(max_polls=1, seed=3),
+    )  # fmt: skip
     sb.observe(x, t, x, t)
     taken = 0
     with SyncDetector() as detector:

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import sbkernels
-from sbkernels import SelectiveBackprop
+from sbkernels import SB, Importance, Keep, Schedule, SelectiveBackprop, StaleSB, Uniform
 
 
 def test_schedule_switches_exactly_at_the_configured_steps():
     # uniform rate 0 selects nothing when active: every row that comes out came from a full-batch step.
     total, n = 20, 6
-    sb = SelectiveBackprop(n, policy="uniform", rate=0.0, start=0.25, end=0.75, interrupt=4, total_steps=total)
+    sb = SelectiveBackprop(n, Uniform(rate=0.0), schedule=Schedule(0.25, 0.75, interrupt=4, total_steps=total))
     expected_full = [s for s in range(total) if not (5 <= s < 15) or s % 4 == 0]
     assert [s for s in range(total) if not sb.selecting(s)] == expected_full
     out = []
@@ -26,7 +26,7 @@ def test_schedule_switches_exactly_at_the_configured_steps():
 
 
 def test_prime_passes_through():
-    sb = SelectiveBackprop(4, beta=3.0, prime=30)
+    sb = SelectiveBackprop(4, SB(beta=3.0, prime=30))
     counts = []
     for _ in range(5):
         counts.append(int(sb.observe(torch.full((10,), 0.001), None, torch.arange(10)).count))
@@ -50,7 +50,7 @@ def test_stale_sb_skips_the_scoring_forward_in_stale_epochs():
     data = torch.randn(40, 4, generator=gen)
     labels = torch.randint(0, 3, (40,), generator=gen)
     model = CountingModel()
-    sb = SelectiveBackprop(8, beta=1.0, staleness=3, num_samples=40)
+    sb = SelectiveBackprop(8, SB(beta=1.0), stale=StaleSB(3, num_samples=40))
 
     def train(batches):
         for batch in batches:
@@ -74,12 +74,12 @@ def test_stale_sb_skips_the_scoring_forward_in_stale_epochs():
             before = model.rows
         train(sb.flush())
     assert [epoch for epoch, rows in scoring_rows.items() if rows == 40] == [0, 3]
-    assert not torch.isnan(sb.loss_cache).any()
+    assert not torch.isnan(sb.stale.cache).any()
     assert sb.counts["scored"] == 80 and sb.counts["observed"] == 240
 
 
 def test_stale_epoch_selects_from_cached_losses():
-    sb = SelectiveBackprop(2, beta=1.0, staleness=2, num_samples=6)
+    sb = SelectiveBackprop(2, SB(beta=1.0), stale=StaleSB(2, num_samples=6))
     sb.observe(torch.arange(6.0), None, torch.arange(6), sample_ids=torch.arange(6))  # fills cache and history
     sb.start_epoch(1)
     assert not sb.needs_forward
@@ -89,6 +89,8 @@ def test_stale_epoch_selects_from_cached_losses():
     assert sel.prob[:2].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="cached losses"):
         SelectiveBackprop(2).observe(None, None, torch.arange(3))
+    with pytest.raises(ValueError, match="sample_ids"):
+        sb.observe(None, None, torch.arange(6))
 
 
 def test_state_dict_round_trip_resumes_identically():
@@ -103,7 +105,7 @@ def test_state_dict_round_trip_resumes_identically():
         return out
 
     def make():
-        return SelectiveBackprop(6, beta=2.0, seed=3, history_size=32)
+        return SelectiveBackprop(6, SB(beta=2.0, seed=3, history_size=32))
 
     whole = make()
     want = run(whole, batches)
@@ -119,7 +121,7 @@ def test_state_dict_round_trip_resumes_identically():
 
 def test_dict_batches_channels_last_and_low_precision_logits():
     gen = torch.Generator().manual_seed(2)
-    sb = SelectiveBackprop(5, beta=1.0, fields=("image", "label"))
+    sb = SelectiveBackprop(5, SB(beta=1.0), fields=("image", "label"))
     seen = []
     for _ in range(6):
         image = torch.randn(8, 3, 4, 4, generator=gen).to(memory_format=torch.channels_last)
@@ -136,7 +138,7 @@ def test_dict_batches_channels_last_and_low_precision_logits():
 
 def test_importance_policy_carries_weights_to_the_backward_batch():
     gen = torch.Generator().manual_seed(3)
-    sb = SelectiveBackprop(4, policy="importance", k=4)
+    sb = SelectiveBackprop(4, Importance(k=4))
     logits, y = torch.randn(10, 3, generator=gen), torch.randint(0, 3, (10,), generator=gen)
     sel = sb.observe(logits, y, y, sample_ids=torch.arange(10))
     (batch,) = list(sb.ready_batches(sync=True))
@@ -145,20 +147,51 @@ def test_importance_policy_carries_weights_to_the_backward_batch():
 
 
 def test_constructor_errors():
-    with pytest.raises(ValueError, match="policy"):
-        SelectiveBackprop(4, policy="greedy")
+    with pytest.raises(TypeError, match="policy"):
+        SelectiveBackprop(4, "greedy")
     with pytest.raises(ValueError, match="total_steps"):
-        SelectiveBackprop(4, start=0.5)
+        Schedule(start=0.5)
     with pytest.raises(ValueError, match="num_samples"):
-        SelectiveBackprop(4, staleness=3)
+        StaleSB(3, num_samples=0)
     with pytest.raises(ValueError, match="rate or k"):
-        SelectiveBackprop(4, policy="uniform")
-    with pytest.raises(ValueError, match="needs k"):
-        SelectiveBackprop(4, policy="importance")
-    assert isinstance(sbkernels.SelectiveBackprop(4).state, sbkernels.SelectorState)
+        Uniform()
+    with pytest.raises(ValueError, match="k must be"):
+        Importance(k=0)
+    with pytest.raises(ValueError, match="keep must be"):
+        Keep(1.5)
+    sb = SelectiveBackprop(4)
+    assert sb.state is None and repr(sb.policy) == "SB(beta=1.0, floor=0.0, prime=0)"
+    sb.observe(torch.rand(3), None, torch.arange(3))
+    assert isinstance(sb.state, sbkernels.SelectorState)
 
 
 def test_k_policies_cap_k_at_a_short_batch():
-    sb = SelectiveBackprop(4, policy="uniform", k=6)
+    sb = SelectiveBackprop(4, Uniform(k=6))
     sel = sb.observe(torch.rand(3), None, torch.arange(3))
     assert int(sel.count) == 3
+
+
+def test_the_batch_spec_recorded_at_the_first_observe_is_enforced():
+    sb = SelectiveBackprop(4)
+    sb.observe(torch.rand(3), None, torch.arange(3), torch.zeros(3), sample_ids=torch.arange(3))
+    with pytest.raises(ValueError, match="2 batch tensors"):
+        sb.observe(torch.rand(3), None, torch.arange(3), sample_ids=torch.arange(3))
+    with pytest.raises(ValueError, match="sample_ids"):
+        sb.observe(torch.rand(3), None, torch.arange(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="2 tensors every time"):
+        sb.observe(torch.rand(3), None, {"x": torch.arange(3)}, sample_ids=torch.arange(3))
+
+
+def test_stale_sb_refreshes_the_cache_on_full_batch_steps_from_logits():
+    """On an interrupt step the scoring pass's logits still give fresh losses: the cache stores them (the
+    bug: only the policy's losses were stored, so full-batch steps left the cache stale)."""
+    gen = torch.Generator().manual_seed(4)
+    sb = SelectiveBackprop(4, SB(beta=1.0), schedule=Schedule(interrupt=2), stale=StaleSB(2, num_samples=12))
+    logits, y = torch.randn(12, 5, generator=gen), torch.randint(0, 5, (12,), generator=gen)
+    want = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    for step, rows in enumerate((slice(0, 6), slice(6, 12))):
+        ids = torch.arange(12)[rows]
+        assert sb.selecting() == (step == 1)  # step 0 is an interrupt step: the whole batch
+        sel = sb.observe(logits[rows], y[rows], logits[rows], y[rows], sample_ids=ids)
+        torch.testing.assert_close(sel.loss, want[rows])
+    torch.testing.assert_close(sb.stale.cache, want)

@@ -3,7 +3,7 @@
 //
 // Work item = (row r, chunk c) of one tensor (blockIdx.y); a block copies chunk c of output row
 // offset + r from source row indices[r] in units of vec_bytes (16-byte vectors where alignment allows).
-// Every block reads count and cursor[0] first; the block that takes the last ticket on cursor[3] advances
+// Every block reads count and the cursor's offset first; the block that takes the last ticket advances
 // the cursor after all others are done, so the launch needs no host sync and replays in a CUDA graph.
 #pragma once
 
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kGatherThreads) gather_rows_kernel(const __gri
   const int64_t requested_raw = p.count_is_int64 ? *static_cast<const int64_t*>(p.count)
                                                  : static_cast<int64_t>(*static_cast<const int32_t*>(p.count));
   const int64_t requested = min(max(requested_raw, int64_t{0}), p.num_indices);
-  const int64_t offset = p.cursor[0];
+  const int64_t offset = p.cursor[kCursorOffset];
   const int64_t rows = min(max(p.capacity - offset, int64_t{0}), requested);
 
   const int64_t row_units = gather_row_units(t);
@@ -107,19 +107,19 @@ __global__ void __launch_bounds__(kGatherThreads) gather_rows_kernel(const __gri
   }
 
   // Last block out advances the cursor. __syncthreads + fence order this block's writes (and its read
-  // of cursor[0]) before the ticket; the last ticket holder then sees every other block finished.
+  // of the offset) before the ticket; the last ticket holder then sees every other block finished.
   __syncthreads();
   if (threadIdx.x == 0) {
-    if (invalid > 0) atomicAdd(reinterpret_cast<unsigned long long*>(p.cursor + 2), invalid);
+    if (invalid > 0) atomicAdd(reinterpret_cast<unsigned long long*>(p.cursor + kCursorInvalid), invalid);
     __threadfence();
     const unsigned long long blocks = static_cast<unsigned long long>(gridDim.x) * gridDim.y;
-    const unsigned long long ticket = atomicAdd(reinterpret_cast<unsigned long long*>(p.cursor + 3), 1ULL);
+    const unsigned long long ticket = atomicAdd(reinterpret_cast<unsigned long long*>(p.cursor + kCursorTicket), 1ULL);
     if (ticket == blocks - 1 && p.last_launch) {
       __threadfence();
-      p.cursor[0] = offset + rows;
-      p.cursor[1] += requested - rows;
+      p.cursor[kCursorOffset] = offset + rows;
+      p.cursor[kCursorOverflow] += requested - rows;
     }
-    if (ticket == blocks - 1) p.cursor[3] = 0;
+    if (ticket == blocks - 1) p.cursor[kCursorTicket] = 0;
   }
 }
 

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "../slots.h"
+
 namespace sbkernels {
 
 constexpr int kGatherMaxTensors = 8;   // tensors per launch; the binding splits longer lists
@@ -36,7 +38,7 @@ struct GatherParams {
   int64_t num_indices;
   int64_t source_rows;        // N: indices outside [0, N) are zero-filled and counted
   int64_t capacity;           // M: output rows
-  int64_t* cursor;            // [offset, overflow, invalid, ticket]
+  int64_t* cursor;            // kCursor* slots (slots.h)
   int64_t chunk_units;        // copy units per work item (kGatherChunkUnits)
   int32_t last_launch;        // 1 for the launch that advances the cursor and counts invalid indices; the
                               // others (tensors beyond the first kGatherMaxTensors) only copy

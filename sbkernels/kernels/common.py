@@ -29,7 +29,17 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
-_TILE = 4096  # elements per program-wide tile: BLOCK_M * BLOCK_C (and BLOCK_M * BLOCK_H in select_sb)
+from .. import slots
+
+# The state's slots (csrc/slots.h) as Triton constants.
+META_PUSHED = tl.constexpr(slots.META_PUSHED)
+META_SEED = tl.constexpr(slots.META_SEED)
+META_STEP = tl.constexpr(slots.META_STEP)
+META_NONFINITE = tl.constexpr(slots.META_NONFINITE)
+META_BAD_TARGETS = tl.constexpr(slots.META_BAD_TARGETS)
+META_TICKET = tl.constexpr(slots.META_TICKET)
+
+TILE = 4096  # elements per program-wide tile: BLOCK_M * BLOCK_C (and BLOCK_M * BLOCK_H in select_sb)
 _MAX_BLOCK_C = 4096
 _MAX_BLOCK_M = 256
 
@@ -90,7 +100,7 @@ def row_blocks(n: int, num_classes: int, from_logits: bool) -> dict[str, int]:
     """BLOCK_M, BLOCK_C and warps of the row kernels (select_sb, row_stats, residual); C = 1 for losses."""
     if from_logits:
         block_c = min(triton.next_power_of_2(num_classes), _MAX_BLOCK_C)
-        block_m = max(1, min(_MAX_BLOCK_M, _TILE // block_c))
+        block_m = max(1, min(_MAX_BLOCK_M, TILE // block_c))
     else:
         block_c = 1
         block_m = _MAX_BLOCK_M

@@ -21,8 +21,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import launch, logsumexp_rows, online_softmax_step, row_blocks, row_uniform, target_masks
-from .select_sb import _SEED, _STEP
+from .common import (
+    META_SEED,
+    META_STEP,
+    launch,
+    logsumexp_rows,
+    online_softmax_step,
+    row_blocks,
+    row_uniform,
+    target_masks,
+)
 
 
 @triton.jit
@@ -34,8 +42,8 @@ def row_stats_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_range = rows < N
     rows64 = rows.to(tl.int64)
-    seed = tl.load(meta_ptr + _SEED)
-    step = tl.load(meta_ptr + _STEP)
+    seed = tl.load(meta_ptr + META_SEED)
+    step = tl.load(meta_ptr + META_STEP)
     if FROM_LOGITS:
         t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
         ignored, bad, usable = target_masks(t, in_range, C, ignore_index)
@@ -68,7 +76,7 @@ def row_stats_kernel(
 
 
 def launch_row_stats(
-    logits: torch.Tensor | None, targets: torch.Tensor | None, losses: torch.Tensor | None, meta: torch.Tensor,
+    *, logits: torch.Tensor | None, targets: torch.Tensor | None, losses: torch.Tensor | None, meta: torch.Tensor,
     ignore_index: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(loss, score, u) per row; score is NaN-free only for logits input (zeros for losses input)."""
@@ -119,7 +127,7 @@ def residual_kernel(
 
 
 def launch_residual(
-    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
+    *, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, loss): r = softmax - onehot as (N, C) float32, loss (N,) float32."""
     n, num_classes = logits.shape

@@ -25,15 +25,21 @@ import torch
 import triton
 import triton.language as tl
 
-from ..state import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_SEED, META_STEP, META_TICKET
-from .common import _TILE, launch, logsumexp_rows, row_blocks, row_uniform, target_masks
-
-_PUSHED = tl.constexpr(META_PUSHED)
-_SEED = tl.constexpr(META_SEED)
-_STEP = tl.constexpr(META_STEP)
-_NONFINITE = tl.constexpr(META_NONFINITE)
-_BAD = tl.constexpr(META_BAD_TARGETS)
-_TICKET = tl.constexpr(META_TICKET)
+from ..rows import integer_beta
+from .common import (
+    META_BAD_TARGETS,
+    META_NONFINITE,
+    META_PUSHED,
+    META_SEED,
+    META_STEP,
+    META_TICKET,
+    TILE,
+    launch,
+    logsumexp_rows,
+    row_blocks,
+    row_uniform,
+    target_masks,
+)
 
 # Flag bits stored per row in the indices buffer between the main phase and the epilogue.
 _FLAG_VALID = tl.constexpr(1)
@@ -102,11 +108,11 @@ def _epilogue(
         tl.store(indices_ptr + offs, tl.full([BLOCK_SCAN], -1, tl.int64), mask=offs < N)
 
     tl.store(count_ptr, n_selected.to(tl.int32))
-    tl.store(meta_ptr + _PUSHED, pushed + total_valid)
-    tl.store(meta_ptr + _STEP, step + 1)
-    tl.store(meta_ptr + _NONFINITE, tl.load(meta_ptr + _NONFINITE) + n_nonfinite)
-    tl.store(meta_ptr + _BAD, tl.load(meta_ptr + _BAD) + n_bad)
-    tl.store(meta_ptr + _TICKET, 0)
+    tl.store(meta_ptr + META_PUSHED, pushed + total_valid)
+    tl.store(meta_ptr + META_STEP, step + 1)
+    tl.store(meta_ptr + META_NONFINITE, tl.load(meta_ptr + META_NONFINITE) + n_nonfinite)
+    tl.store(meta_ptr + META_BAD_TARGETS, tl.load(meta_ptr + META_BAD_TARGETS) + n_bad)
+    tl.store(meta_ptr + META_TICKET, 0)
 
 
 @triton.jit
@@ -121,9 +127,9 @@ def select_sb_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_range = rows < N
     rows64 = rows.to(tl.int64)
-    pushed = tl.load(meta_ptr + _PUSHED)
-    seed = tl.load(meta_ptr + _SEED)
-    step = tl.load(meta_ptr + _STEP)
+    pushed = tl.load(meta_ptr + META_PUSHED)
+    seed = tl.load(meta_ptr + META_SEED)
+    step = tl.load(meta_ptr + META_STEP)
 
     if FROM_LOGITS:
         loss, ignored, bad = cross_entropy_rows(
@@ -178,7 +184,7 @@ def select_sb_kernel(
     # All threads' stores above are ordered before the release of the ticket (acq_rel, GPU scope).
     tl.debug_barrier()
     block_valid = tl.sum(valid.to(tl.int64), axis=0)
-    ticket = tl.atomic_add(meta_ptr + _TICKET, (block_valid << 32) + 1, sem="acq_rel")
+    ticket = tl.atomic_add(meta_ptr + META_TICKET, (block_valid << 32) + 1, sem="acq_rel")
     if ticket % (1 << 32) == tl.num_programs(0) - 1:
         total_valid = (ticket >> 32) + block_valid
         _epilogue(
@@ -190,19 +196,19 @@ def select_sb_kernel(
 def launch_config(n: int, num_classes: int, history_size: int, from_logits: bool) -> dict[str, int]:
     """Block sizes and warps of :func:`select_sb_kernel`: :func:`row_blocks` plus the history and scan blocks."""
     config = row_blocks(n, num_classes, from_logits)
-    config["BLOCK_H"] = min(max(16, _TILE // config["BLOCK_M"]), triton.next_power_of_2(history_size))
+    config["BLOCK_H"] = min(max(16, TILE // config["BLOCK_M"]), triton.next_power_of_2(history_size))
     config["BLOCK_SCAN"] = min(_BLOCK_SCAN, triton.next_power_of_2(n))
     return config
 
 
 def launch_select_sb(
+    *,
     logits: torch.Tensor | None,
     targets: torch.Tensor | None,
     losses: torch.Tensor | None,
     history: torch.Tensor,
     meta: torch.Tensor,
     beta: float,
-    beta_int: int,
     floor: float,
     prime: int,
     ignore_index: int,
@@ -229,7 +235,7 @@ def launch_select_sb(
         targets_ptr=targets, stride_targets=targets.stride(0) if from_logits else 0,
         losses_in_ptr=losses, stride_losses=0 if from_logits else losses.stride(0),
         history_ptr=history, meta_ptr=meta, loss_ptr=loss, prob_ptr=prob, indices_ptr=indices, count_ptr=count,
-        N=n, C=num_classes, R=history.numel(), beta=float(beta), beta_int=beta_int, floor=float(floor),
+        N=n, C=num_classes, R=history.numel(), beta=float(beta), beta_int=integer_beta(beta), floor=float(floor),
         prime=prime, ignore_index=ignore_index, label_smoothing=float(label_smoothing),
         fixed_prob=float(fixed_prob), FROM_LOGITS=from_logits, FIXED_PROB=fixed_prob >= 0, **config,
     )  # fmt: skip

@@ -1,4 +1,6 @@
-"""Argument checks run before any launch. They read tensor metadata only, so they never synchronize."""
+"""Argument checks run before any launch. They read tensor metadata only, so they never synchronize.
+
+Each error names the value and the fix."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from .state import SelectorState
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 TARGET_DTYPES = (torch.int64, torch.int32)
 LOSS_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-BACKENDS = ("auto", "triton", "reference")
 
 
 def _fail(message: str) -> None:
@@ -71,14 +72,22 @@ def check_sb_params(beta: float, floor: float, prime: int, label_smoothing: floa
         _fail(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
 
 
-def check_backend(backend: str, device: torch.device) -> None:
-    if backend not in BACKENDS:
-        _fail(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton" and device.type == "cpu":
-        from .kernels.common import interpreting
+def check_k(k: object, n: int, smallest: int = 0) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not smallest <= k <= n:
+        _fail(f"k must be an int in [{smallest}, N={n}], got {k!r}")
 
-        if not interpreting():
-            _fail(
-                "backend='triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
-                "before importing sbkernels (or use CUDA tensors)"
-            )
+
+def check_fraction(name: str, value: object, low_open: bool = True) -> None:
+    """``value`` in (0, 1] (or [0, 1] with ``low_open=False``)."""
+    ok = _is_real(value) and (0.0 < value <= 1.0 if low_open else 0.0 <= value <= 1.0)
+    if not ok:
+        _fail(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+
+
+def check_source(source: torch.Tensor, targets: torch.Tensor | None, state: SelectorState) -> None:
+    """(N, C) logits with (N,) targets, or (N,) losses with ``targets=None``; the state on their device."""
+    if targets is not None:
+        check_logits_targets(source, targets)
+    else:
+        check_losses(source)
+    check_state(state, source.device, "logits" if targets is not None else "losses")

@@ -1,0 +1,26 @@
+// Slot numbers of the two small int64 device tensors every op reads and advances, named once for C++,
+// Python and Triton: the extension exports them as module constants of sbkernels._C, which
+// sbkernels/slots.py reads and kernels/common.py turns into Triton constexprs.
+#pragma once
+
+#include <cstdint>
+
+namespace sbkernels {
+
+// SelectorState.meta: the selection state's counters.
+constexpr int64_t kMetaPushed = 0;       // losses ever pushed into the history
+constexpr int64_t kMetaSeed = 1;         // Philox seed
+constexpr int64_t kMetaStep = 2;         // calls made so far: the high 32 bits of every Philox offset
+constexpr int64_t kMetaNonfinite = 3;    // rows whose loss was NaN or +-inf (never selected, never pushed)
+constexpr int64_t kMetaBadTargets = 4;   // rows whose target was outside [0, C) and not ignore_index
+constexpr int64_t kMetaTicket = 5;       // select kernel scratch: (valid losses << 32) | finished programs
+constexpr int64_t kMetaSize = 8;
+
+// gather_rows' cursor.
+constexpr int64_t kCursorOffset = 0;     // rows written so far (the next row's slot)
+constexpr int64_t kCursorOverflow = 1;   // rows that did not fit below the outputs' capacity (never written)
+constexpr int64_t kCursorInvalid = 2;    // indices outside [0, N) (their slots zero-filled)
+constexpr int64_t kCursorTicket = 3;     // CUDA kernel scratch: blocks finished; 0 between launches
+constexpr int64_t kCursorSize = 4;
+
+}  // namespace sbkernels

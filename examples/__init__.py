@@ -1,0 +1,1 @@
+"""Programs that use sbkernels the way a user would; not part of the installed package."""

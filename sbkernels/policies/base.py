@@ -1,0 +1,71 @@
+"""The policy object every selection rule is: its parameters, its state, one call per batch."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..selection import Selection
+from ..state import SelectorState
+
+
+class Policy:
+    """A selection rule with its parameters, callable on ``(logits, targets)`` or on ``(losses,)``.
+
+    The policy owns its :class:`SelectorState` (history, Philox seed and step, error counters). It is made
+    on the device of the first batch, or passed in as ``state`` (e.g. to share one state between policies).
+
+    Args (every policy):
+        history_size: R of the state's loss history (used by the policies that rank against it).
+        seed: Philox seed: the same batches and seed select the same rows, on CPU and GPU.
+        ignore_index: target value marking rows that are never selected.
+        backend: "auto", "triton" or "reference" (see :mod:`sbkernels.backend`).
+        state: an existing state to use instead of making one.
+    """
+
+    name: ClassVar[str]
+    weighted: ClassVar[bool] = False  # whether Selection.weight is returned (per-row loss weights)
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 1024,
+        seed: int = 0,
+        ignore_index: int = -100,
+        backend: str | None = None,
+        state: SelectorState | None = None,
+    ) -> None:
+        self.history_size, self.seed = history_size, seed
+        self.ignore_index, self.backend = ignore_index, backend
+        self.state = state
+
+    def __call__(self, scores: Tensor, targets: Tensor | None = None, **extras: Any) -> Selection:
+        """Select rows of one batch: ``scores`` are (N, C) logits with (N,) ``targets``, or (N,) losses."""
+        return self.select(scores, targets, self.state_on(scores.device), **extras)
+
+    def select(self, scores: Tensor, targets: Tensor | None, state: SelectorState, **extras: Any) -> Selection:
+        raise NotImplementedError
+
+    def state_on(self, device: torch.device) -> SelectorState:
+        """The policy's state, made on ``device`` at the first call."""
+        if self.state is None:
+            self.state = SelectorState(self.history_size, seed=self.seed, device=device)
+        return self.state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": None if self.state is None else self.state.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state (made on the saved tensors' device if the policy has none yet)."""
+        saved = state_dict["state"]
+        if saved is not None:
+            self.state_on(saved["history"].device).load_state_dict(saved)
+
+    def _parameters(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{key}={value!r}" for key, value in self._parameters().items())
+        return f"{type(self).__name__}({params})"

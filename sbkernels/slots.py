@@ -1,0 +1,25 @@
+"""Slot numbers of ``SelectorState.meta`` and of the gather cursor, named once in ``csrc/slots.h``.
+
+The compiled extension exports them (``sbkernels._C``); Python code uses these names and the Triton
+kernels the constexprs of ``kernels/common.py``, so no slot is ever written as a bare number.
+"""
+
+from __future__ import annotations
+
+from . import library
+
+_C = library.extension()
+
+META_PUSHED: int = _C.META_PUSHED  # losses ever pushed into the history
+META_SEED: int = _C.META_SEED  # Philox seed
+META_STEP: int = _C.META_STEP  # calls made so far: the high 32 bits of every Philox offset
+META_NONFINITE: int = _C.META_NONFINITE  # rows whose loss was NaN or +-inf
+META_BAD_TARGETS: int = _C.META_BAD_TARGETS  # rows whose target was outside [0, C) and not ignore_index
+META_TICKET: int = _C.META_TICKET  # select kernel scratch, 0 between calls
+META_SIZE: int = _C.META_SIZE
+
+CURSOR_OFFSET: int = _C.CURSOR_OFFSET  # rows written so far
+CURSOR_OVERFLOW: int = _C.CURSOR_OVERFLOW  # rows that did not fit (never written)
+CURSOR_INVALID: int = _C.CURSOR_INVALID  # indices outside [0, N) (zero-filled slots)
+CURSOR_TICKET: int = _C.CURSOR_TICKET  # CUDA kernel scratch, 0 between launches
+CURSOR_SIZE: int = _C.CURSOR_SIZE
