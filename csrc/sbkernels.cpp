@@ -19,7 +19,7 @@ PyObject* PyInit__C(void) {
       {"META_PUSHED", kMetaPushed},       {"META_SEED", kMetaSeed},
       {"META_STEP", kMetaStep},           {"META_NONFINITE", kMetaNonfinite},
       {"META_BAD_TARGETS", kMetaBadTargets}, {"META_TICKET", kMetaTicket},
-      {"META_SIZE", kMetaSize},           {"CURSOR_OFFSET", kCursorOffset},
+      {"META_SIZE_MISMATCH", kMetaSizeMismatch}, {"META_SIZE", kMetaSize},           {"CURSOR_OFFSET", kCursorOffset},
       {"CURSOR_OVERFLOW", kCursorOverflow}, {"CURSOR_INVALID", kCursorInvalid},
       {"CURSOR_TICKET", kCursorTicket},   {"CURSOR_SIZE", kCursorSize},
   };

@@ -14,6 +14,7 @@ constexpr int64_t kMetaStep = 2;         // calls made so far: the high 32 bits 
 constexpr int64_t kMetaNonfinite = 3;    // rows whose loss was NaN or +-inf (never selected, never pushed)
 constexpr int64_t kMetaBadTargets = 4;   // rows whose target was outside [0, C) and not ignore_index
 constexpr int64_t kMetaTicket = 5;       // select kernel scratch: (valid losses << 32) | finished programs
+constexpr int64_t kMetaSizeMismatch = 6; // global calls whose ranks passed different batch sizes
 constexpr int64_t kMetaSize = 8;
 
 // gather_rows' cursor.

@@ -22,6 +22,7 @@ from torch import Tensor
 from .row_buffers import Layout, RowBuffers
 from .row_count import EventReadback, ReadbackFactory, RowCount
 from .selection import Selection
+from .slots import CURSOR_OFFSET
 
 
 class SelectionPool:
@@ -112,16 +113,35 @@ class SelectionPool:
         After ``ready_batches(sync=True)`` this is the final partial batch, shorter than batch_size. The
         returned tensors are copies: the pool is empty afterwards.
         """
+        rows = self.drain()
+        return None if rows is None or rows[0].shape[0] == 0 else rows
+
+    def drain(self) -> tuple[Tensor, ...] | None:
+        """Like :meth:`flush`, but an empty pool gives tensors of 0 rows (None only before any push)."""
         if self._buffers is None:
             return None
         self._count.wait_all()
-        held = self._count.known
-        if held == 0:
-            return None
-        batch = tuple(t.clone() for t in self._buffers.views(held))
+        batch = tuple(t.clone() for t in self._buffers.views(self._count.known))
         self._buffers.clear()
-        self._count.took(held)
+        self._count.reset(0)  # empty: the counts since the last flush start again
         return batch
+
+    def rows_gathered(self) -> Tensor:
+        """Rows gathered since the last flush, as a 0-d device tensor (no sync): what a process group's
+        ranks all-reduce to agree on their steps (:class:`~sbkernels.coordinator.StepCoordinator`)."""
+        return self._buffers.cursor[CURSOR_OFFSET] + self._count.rows_out
+
+    def take_batch(self) -> tuple[Tensor, ...]:
+        """Hand out the next batch of exactly ``batch_size`` rows, which the caller knows were gathered
+        (e.g. by a coordinator's decision); waits for the row count only if it has not arrived yet."""
+        count = self._count
+        count.poll()
+        while count.known < self.batch_size and count.in_flight:
+            count.wait_oldest()
+        if count.known < self.batch_size:
+            raise RuntimeError(f"take_batch: the pool holds {count.known} rows, fewer than {self.batch_size}")
+        count.took(self.batch_size)
+        return self._buffers.take_batch()
 
     def check(self) -> None:
         """Synchronize and raise if any row was ever dropped (overflow) or any index was out of range."""
@@ -134,7 +154,10 @@ class SelectionPool:
         if self._buffers is not None:
             self._count.wait_all()
             rows = [t.clone() for t in self._buffers.views(self._count.known)]
-        return {"batch_size": self.batch_size, "capacity": self._fixed_capacity, "rows": rows}
+        return {
+            "batch_size": self.batch_size, "capacity": self._fixed_capacity, "rows": rows,
+            "rows_out": self._count.rows_out,
+        }  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Hold exactly the saved rows (any earlier content is dropped)."""
@@ -147,7 +170,7 @@ class SelectionPool:
             self._start(tuple(rows), max(rows[0].shape[0], 1), rows[0].device)
         self._buffers.matches(tuple(rows))
         self._buffers.load(rows)
-        self._count.reset(rows[0].shape[0])
+        self._count.reset(rows[0].shape[0], state_dict.get("rows_out", 0))
 
     # ---------------------------------------------------------------------------------------- private
     def _start(self, tensors: tuple[Tensor, ...], n: int, device: torch.device) -> None:
@@ -159,8 +182,11 @@ class SelectionPool:
     def _make_room(self, n: int) -> None:
         """Make sure a push of n rows cannot overflow: wait for readbacks only if the bounds say so."""
         buffers, count = self._buffers, self._count
-        if self._fixed_capacity is None and self.batch_size + 2 * n > buffers.capacity:
-            buffers.resize(max(2 * buffers.capacity, self.batch_size + 2 * n))
+        # Default capacity: room for a batch and two pushes, plus the rows held beyond a batch (a rank of a
+        # process group keeps the rows it gathered beyond the ranks' common steps).
+        needed = self.batch_size + 2 * n + max(0, count.known - self.batch_size)
+        if self._fixed_capacity is None and needed > buffers.capacity:
+            buffers.resize(max(2 * buffers.capacity, needed))
         if self.batch_size - 1 + n > buffers.capacity:
             raise ValueError(
                 f"SelectionPool capacity {buffers.capacity} is too small for a push of {n} rows on top of up to "

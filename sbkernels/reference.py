@@ -44,15 +44,15 @@ def _mul_u32(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mid >> 16, ((mid & 0xFFFF) << 16) | (low_part & 0xFFFF)
 
 
-def philox_uniform(seed: torch.Tensor, step: torch.Tensor, n: int) -> torch.Tensor:
-    """``tl.rand(seed, (step << 32) + i)`` for i in [0, n), bit for bit, as float32.
+def philox_uniform(seed: torch.Tensor, step: torch.Tensor, n: int, offset: int = 0) -> torch.Tensor:
+    """``tl.rand(seed, (step << 32) + offset + i)`` for i in [0, n), bit for bit, as float32 (offset + n <= 2**32).
 
     Triton splits the int64 offset into counter words c0 = low 32 bits (i) and c1 = high 32 bits (step),
     keys the generator with the two halves of the seed, runs 10 Philox rounds, and maps the first output
     word (as int32 x) to ``(x if x >= 0 else ~x) * scale`` in float32. ``seed`` and ``step`` are 0-d int64
     tensors; nothing is read back to the host.
     """
-    c0 = torch.arange(n, dtype=torch.int64, device=seed.device)
+    c0 = torch.arange(offset, offset + n, dtype=torch.int64, device=seed.device)
     c1 = (step & _U32).expand(n)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
@@ -181,15 +181,17 @@ def row_stats(
     losses: torch.Tensor | None,
     meta: torch.Tensor,
     ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, importance score, Philox uniform) per row: what the row-stats kernel computes."""
     if logits is not None:
-        loss = cross_entropy(logits, targets, ignore_index)[0]
+        loss = cross_entropy(logits, targets, ignore_index, label_smoothing)[0]
         score = importance_score(logits, targets, ignore_index)
     else:
         loss = losses.to(torch.float32, copy=True)
         score = torch.zeros_like(loss)
-    return loss, score, philox_uniform(meta[META_SEED], meta[META_STEP], loss.numel()).to(loss.device)
+    return loss, score, philox_uniform(meta[META_SEED], meta[META_STEP], loss.numel(), row_offset)
 
 
 def residuals(

@@ -123,7 +123,7 @@ class RowCount:
     def took(self, rows: int) -> None:
         self.rows_out += rows
 
-    def reset(self, held: int) -> None:
-        """Start over knowing exactly ``held`` rows (after a flush or a restored checkpoint)."""
+    def reset(self, held: int, rows_out: int = 0) -> None:
+        """Start over knowing exactly ``held`` rows and ``rows_out`` handed out (after a flush, a checkpoint)."""
         self.wait_all()
-        self.rows_in, self.rows_out = held, 0
+        self.rows_in, self.rows_out = rows_out + held, rows_out

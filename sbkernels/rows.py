@@ -1,6 +1,7 @@
 """Per-row tensor helpers shared by every backend and policy: static shapes, device-side counts, no sync.
 
-- :func:`target_masks`: ignored rows and rows with out-of-range targets;
+- :func:`target_masks`: ignored rows and rows with out-of-range targets; :func:`row_flags` /
+  :func:`flag_masks` carry them with losses that travel between ranks;
 - :func:`row_validity`: which rows a policy may select (SPEC section 5) and which losses are non-finite;
 - :func:`compact`: order-preserving stream compaction into the ``Selection`` layout;
 - :func:`advance_counters`: the end of every call: ``step += 1`` and the error counts added;
@@ -20,6 +21,19 @@ def target_masks(targets: Tensor, num_classes: int, ignore_index: int) -> tuple[
     t = targets.long()
     ignored = t == ignore_index
     return t, ignored, ~ignored & ((t < 0) | (t >= num_classes))
+
+
+ROW_VALID, ROW_IGNORED, ROW_BAD_TARGET = 0, 1, 2
+
+
+def row_flags(ignored: Tensor, bad: Tensor) -> Tensor:
+    """One int8 per row: ROW_VALID, ROW_IGNORED or ROW_BAD_TARGET."""
+    return ignored.to(torch.int8) * ROW_IGNORED + bad.to(torch.int8) * ROW_BAD_TARGET
+
+
+def flag_masks(flags: Tensor) -> tuple[Tensor, Tensor]:
+    """``(ignored, bad)`` from :func:`row_flags`."""
+    return flags == ROW_IGNORED, flags == ROW_BAD_TARGET
 
 
 def row_validity(loss: Tensor, ignored: Tensor, bad: Tensor) -> tuple[Tensor, Tensor]:

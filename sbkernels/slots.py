@@ -16,6 +16,7 @@ META_STEP: int = _C.META_STEP  # calls made so far: the high 32 bits of every Ph
 META_NONFINITE: int = _C.META_NONFINITE  # rows whose loss was NaN or +-inf
 META_BAD_TARGETS: int = _C.META_BAD_TARGETS  # rows whose target was outside [0, C) and not ignore_index
 META_TICKET: int = _C.META_TICKET  # select kernel scratch, 0 between calls
+META_SIZE_MISMATCH: int = _C.META_SIZE_MISMATCH  # global calls whose ranks passed different batch sizes
 META_SIZE: int = _C.META_SIZE
 
 CURSOR_OFFSET: int = _C.CURSOR_OFFSET  # rows written so far

@@ -12,11 +12,23 @@ ask the host for anything:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .slots import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_SEED, META_SIZE, META_STEP, META_TICKET
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+from .slots import (
+    META_BAD_TARGETS,
+    META_NONFINITE,
+    META_PUSHED,
+    META_SEED,
+    META_SIZE,
+    META_SIZE_MISMATCH,
+    META_STEP,
+    META_TICKET,
+)
 
 _STATE_DICT_VERSION = 1
 
@@ -28,9 +40,17 @@ class SelectorState:
         history_size: R, the number of recent losses each new loss is ranked against (R >= 1).
         seed: Philox seed; same inputs and same seed select the same rows, on CPU and GPU.
         device: where the state lives; it must match the device of the logits passed to ``select``.
+        process_group: a ``torch.distributed`` group: policy "sb" then selects globally across its ranks
+            (SPEC section 8, :mod:`sbkernels.distributed`); every rank keeps an identical state.
     """
 
-    def __init__(self, history_size: int = 1024, seed: int = 0, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        history_size: int = 1024,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        process_group: ProcessGroup | None = None,
+    ) -> None:
         if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
             raise ValueError(f"history_size must be an int >= 1, got {history_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
@@ -38,6 +58,7 @@ class SelectorState:
         self.history = torch.zeros(history_size, dtype=torch.float32, device=device)
         self.meta = torch.zeros(META_SIZE, dtype=torch.int64, device=device)
         self.meta.narrow(0, META_SEED, 1).fill_(seed)
+        self.process_group = process_group
 
     # Views into ``meta``: reading them never synchronizes; ``int(state.pushed)`` does.
     @property
@@ -65,12 +86,19 @@ class SelectorState:
         return self.history.device
 
     def check(self) -> None:
-        """Raise ``ValueError`` if any earlier call saw targets outside ``[0, C)``.
+        """Raise ``ValueError`` if any earlier call saw targets outside ``[0, C)`` (or, with a process group,
+        ranks that passed different batch sizes).
 
-        Reads a device counter, so it synchronizes: call it when convenient (every N steps, at epoch end),
-        or pass ``validate=True`` to ``select``. The counter is reset when it is reported.
+        Reads device counters, so it synchronizes: call it when convenient (every N steps, at epoch end),
+        or pass ``validate=True`` to ``select``. A counter is reset when it is reported.
         """
-        bad = int(self.meta[META_BAD_TARGETS])
+        bad, mismatched = (int(v) for v in self.meta[[META_BAD_TARGETS, META_SIZE_MISMATCH]].tolist())
+        if mismatched:
+            self.meta.narrow(0, META_SIZE_MISMATCH, 1).zero_()
+            raise ValueError(
+                f"{mismatched} global selection call(s) got different batch sizes on the ranks of the process "
+                "group: pass the same N on every rank (e.g. DistributedSampler with drop_last)"
+            )
         if bad:
             self.meta.narrow(0, META_BAD_TARGETS, 1).zero_()
             raise ValueError(

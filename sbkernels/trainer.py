@@ -33,9 +33,11 @@ from torch import Tensor
 
 from . import reference
 from .batch_spec import BackwardBatch, BatchSpec
+from .coordinator import StepCoordinator
+from .distributed import check_same_batch_size
 from .policies import SB, Policy
 from .pool import SelectionPool
-from .row_count import ReadbackFactory
+from .row_count import EventReadback, ReadbackFactory
 from .schedule import Schedule, StaleSB
 from .selection import Selection
 from .state import SelectorState
@@ -52,6 +54,13 @@ class SelectiveBackprop:
         fields: for dict batches, the keys that travel to the backward batch (default: every tensor
             whose leading dim is N).
         capacity, readback: passed to the :class:`SelectionPool`.
+        process_group: a ``torch.distributed`` group (DDP): the policy's state is made with it ("sb"
+            selects globally), every rank takes the same number of backward steps
+            (:class:`~sbkernels.coordinator.StepCoordinator`), and every batch carries ``weight``: train
+            on ``(batch.weight * per_row_loss).sum()``, which DDP's gradient averaging turns into the mean
+            over all rows of the step.
+        lag: with a group, the pushes between a push and the step decision made from it; the host waits,
+            if ever, only for the row count of the push ``lag`` pushes earlier.
     """
 
     def __init__(
@@ -64,6 +73,8 @@ class SelectiveBackprop:
         fields: tuple[str, ...] | None = None,
         capacity: int | None = None,
         readback: ReadbackFactory | None = None,
+        process_group=None,
+        lag: int = 2,
     ) -> None:
         if policy is not None and not isinstance(policy, Policy):
             raise TypeError(f"policy must be a sbkernels policy object (SB(), Keep(0.5), ...), got {policy!r}")
@@ -73,6 +84,12 @@ class SelectiveBackprop:
         self.stale = stale
         self.fields = fields
         self.pool = SelectionPool(batch_size, capacity, readback)
+        self.coordinator = None
+        if process_group is not None:
+            if self.policy.state is not None and self.policy.state.process_group is not process_group:
+                raise ValueError("the policy's state belongs to another process group than process_group")
+            self.policy.process_group = process_group
+            self.coordinator = StepCoordinator(process_group, batch_size, lag, readback)
         self.spec: BatchSpec | None = None
         self.step = 0  # observe calls so far
         self.epoch = 0
@@ -114,9 +131,15 @@ class SelectiveBackprop:
             sample_ids: (N,) int64 dataset indices: needed for Stale-SB, and returned with each batch.
             features: (N, ...) penultimate activations, for ``GradMatch``.
         """
-        if self.spec is None:
+        first = self.spec is None
+        if first:
             self.spec = BatchSpec.record(batch, self.fields, sample_ids, self.policy.weighted)
-        n = self.spec.tensors(batch)[0].shape[0]
+        tensors = self.spec.tensors(batch)
+        n, device = tensors[0].shape[0], tensors[0].device
+        if first and self.coordinator is not None:  # one synchronous check: every rank passes the same N
+            check_same_batch_size(n, self.coordinator.group, device)
+            if self.coordinator.readback is None and device.type == "cuda":
+                self.coordinator.readback = EventReadback
         if self.stale is not None and sample_ids is None:
             raise ValueError("Stale-SB caches losses by dataset index: pass sample_ids=(the batch's indices)")
         fresh = scores is not None
@@ -135,6 +158,8 @@ class SelectiveBackprop:
         if self.policy.weighted:  # full-batch steps carry weight 1: every push has the same tensors
             weight = selection.weight if selection.weight is not None else torch.ones(n, device=scores.device)
         self.pool.push(selection, *self.spec.flatten(batch, sample_ids, weight))
+        if self.coordinator is not None:
+            self.coordinator.pushed(self.pool.rows_gathered())
         self.step += 1
         self.counts["observed"] += n
         self.counts["scored"] += n if fresh else 0
@@ -146,19 +171,42 @@ class SelectiveBackprop:
             self.stale.store(sample_ids, losses)
 
     def ready_batches(self, sync: bool = False) -> Iterator[BackwardBatch]:
-        """The backward batches known to be complete (exactly batch_size rows each)."""
-        for rows in self.pool.ready_batches(sync=sync):
-            yield self._batch(rows)
+        """The backward batches known to be complete (exactly batch_size rows each).
+
+        With a process group: the steps every rank takes now (``sync`` has no effect; see ``flush``).
+        """
+        if self.coordinator is None:
+            for rows in self.pool.ready_batches(sync=sync):
+                yield self._batch(rows)
+            return
+        for _ in range(self.coordinator.steps_ready()):
+            rows = self.pool.take_batch()
+            yield self._batch(rows, self.coordinator.step_weight(self.batch_size, rows[0].device))
 
     def flush(self) -> Iterator[BackwardBatch]:
-        """End of epoch: every remaining full batch, then the final partial batch (synchronizes)."""
-        yield from self.ready_batches(sync=True)
-        rest = self.pool.flush()
-        if rest is not None:
-            yield self._batch(rest)
+        """End of epoch: every remaining full batch, then the final partial batch (synchronizes).
+
+        With a process group: the same number of final batches on every rank (some short or empty),
+        weighted so that each step's averaged gradient is the mean over its rows on all ranks.
+        """
+        if self.coordinator is None:
+            yield from self.ready_batches(sync=True)
+            rest = self.pool.flush()
+            if rest is not None:
+                yield self._batch(rest)
+            return
+        yield from self.ready_batches()
+        rows = self.pool.drain()
+        if rows is None:
+            raise RuntimeError("flush before any observe: every rank must observe before the epoch ends")
+        for start, count, weight in self.coordinator.final_batches(rows[0].shape[0], rows[0].device):
+            yield self._batch(tuple(t[start : start + count] for t in rows), weight)
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to select and step exactly as an uninterrupted one (synchronizes).
+        Under a process group the policy state is the same on every rank; each rank saves its own rows."""
         return {
+            "coordinator": None if self.coordinator is None else self.coordinator.state_dict(),
             "policy": self.policy.state_dict(),
             "pool": self.pool.state_dict(),
             "step": self.step,
@@ -176,6 +224,8 @@ class SelectiveBackprop:
         if self.stale is not None:
             self.stale.load_state_dict(state_dict["stale"])
         self.spec = state_dict["spec"]
+        if self.coordinator is not None:
+            self.coordinator.load_state_dict(state_dict["coordinator"])
 
     def _everything(self, scores: Tensor, targets: Tensor | None) -> Selection:
         """Every row, with its loss (the Stale-SB cache stores it), prob 1, weight 1."""
@@ -190,6 +240,10 @@ class SelectiveBackprop:
         ones = torch.ones(n, device=device)
         return Selection(every, count, loss, ones, ones if self.policy.weighted else None)
 
-    def _batch(self, rows: tuple[Tensor, ...]) -> BackwardBatch:
+    def _batch(self, rows: tuple[Tensor, ...], step_weight: Tensor | None = None) -> BackwardBatch:
         self.counts["backward"] += rows[0].shape[0]
-        return self.spec.unflatten(rows)
+        batch = self.spec.unflatten(rows)
+        if step_weight is None:
+            return batch
+        weight = step_weight if batch.weight is None else step_weight * batch.weight
+        return batch._replace(weight=weight)

@@ -53,12 +53,12 @@ def _signature(kernel, types: dict[str, str]) -> dict[str, str]:
 
 
 def _scalar_types() -> dict[str, str]:
-    types = {name: "i32" for name in ("N", "C", "R", "beta_int", "prime", "ignore_index")}
+    types = {name: "i32" for name in ("N", "C", "R", "beta_int", "prime", "ignore_index", "row_offset")}
     types |= {name: "fp32" for name in ("beta", "floor", "label_smoothing", "fixed_prob")}
     types |= {name: "i64" for name in ("stride_logits", "stride_targets", "stride_losses")}
     ptrs = ("losses_in_ptr", "history_ptr", "loss_ptr", "prob_ptr", "score_ptr", "u_ptr", "r_ptr")
     types |= {name: "*fp32" for name in ptrs}
-    types |= {"meta_ptr": "*i64", "indices_ptr": "*i64", "count_ptr": "*i32", "targets_ptr": "*i64"}
+    types |= {"meta_ptr": "*i64", "indices_ptr": "*i64", "count_ptr": "*i32", "targets_ptr": "*i64", "flags_ptr": "*i8"}
     return types
 
 
@@ -69,9 +69,10 @@ def cases():
         types = _scalar_types() | {"logits_ptr": f"*{dtype}"}
         config = select_sb.launch_config(n, max(c, 1), HISTORY_SIZE, from_logits)
         num_warps = config.pop("num_warps")
-        for fixed in (False, True):
-            consts = {"FROM_LOGITS": from_logits, "FIXED_PROB": fixed, **config}
-            name = f"select_sb N={n} C={c} {dtype} fixed_prob={fixed}"
+        variants = [(False, False), (True, False)] + ([] if from_logits else [(False, True)])
+        for fixed, flags in variants:  # flags: losses gathered across ranks
+            consts = {"FROM_LOGITS": from_logits, "HAS_FLAGS": flags, "FIXED_PROB": fixed, **config}
+            name = f"select_sb N={n} C={c} {dtype} fixed_prob={fixed} flags={flags}"
             yield name, select_sb.select_sb_kernel, types, consts, num_warps
         config = common.row_blocks(n, max(c, 1), from_logits)
         num_warps = config.pop("num_warps")

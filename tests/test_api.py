@@ -131,16 +131,18 @@ if torch.cuda.is_available():
 def test_opcheck_every_policy_op(backend, device, checks):
     logits, targets = good_inputs(device, n=9, num_classes=5)
     losses = torch.rand(9, device=device)
+    flags = torch.tensor([0, 1, 2, 0, 0, 0, 1, 0, 0], dtype=torch.int8, device=device)
     state = sbkernels.SelectorState(4, device=device)
     h, m = state.history, state.meta
     ops = torch.ops.sbkernels
     calls = [
-        (ops.select_sb.default, (logits, targets, None, h, m, 2.0, 0.0, 0, -100, 0.0, backend)),
-        (ops.select_sb.default, (None, None, losses, h, m, 1.0, 0.1, 0, -100, 0.0, backend)),
-        (ops.uniform.default, (logits, targets, None, h, m, 0.3, -1, -100, backend)),
-        (ops.uniform.default, (None, None, losses, h, m, -1.0, 4, -100, backend)),
-        (ops.keep.default, (logits, targets, None, m, 0.5, -100, backend)),
-        (ops.importance.default, (logits, targets, m, 4, -100, backend)),
+        (ops.select_sb.default, (logits, targets, None, None, h, m, 2.0, 0.0, 0, -100, 0.0, backend)),
+        (ops.select_sb.default, (None, None, losses, flags, h, m, 1.0, 0.1, 0, -100, 0.0, backend)),
+        (ops.uniform.default, (logits, targets, None, None, h, m, 0.3, -1, 0, -100, backend)),
+        (ops.uniform.default, (None, None, losses, None, h, m, -1.0, 4, 9, -100, backend)),
+        (ops.keep.default, (logits, targets, None, m, 0.5, 0, -100, backend)),
+        (ops.importance.default, (logits, targets, m, 4, 0, -100, backend)),
+        (ops.row_losses.default, (logits, targets, None, -100, 0.1, backend)),
         (ops.gradmatch.default, (logits, targets, None, m, 3, 5, -100, backend)),
     ]
     for op, args in calls:

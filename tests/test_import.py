@@ -17,7 +17,7 @@ def test_import_registers_every_op():
     """The README's low-level example: torch.ops.sbkernels.gather_rows right after the import."""
     done = _python(
         "import torch, sbkernels\n"
-        "for name in ('gather_rows', 'select_sb', 'uniform', 'keep', 'importance', 'gradmatch'):\n"
+        "for name in ('gather_rows', 'select_sb', 'uniform', 'keep', 'importance', 'gradmatch', 'row_losses'):\n"
         "    getattr(torch.ops.sbkernels, name)\n"
         "print('ok')"
     )

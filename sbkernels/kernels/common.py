@@ -12,6 +12,7 @@ Device helpers (``@triton.jit``):
   everywhere would otherwise compute ``exp(-inf - -inf) = NaN``. With the shift, such a chunk adds 0 and a
   row that is ``-inf`` everywhere ends with ``lse = -inf``, as ``torch.logsumexp`` does.
 - :func:`logsumexp_rows`: ``(logsumexp_c x_c, sum_c x_c)`` per row from chunks of ``BLOCK_C`` columns.
+- :func:`cross_entropy_from_parts`: the loss of SPEC section 2 from ``lse``, ``x_t`` and ``sum_c x_c``.
 - :func:`target_masks`: which rows are ignored, which have a target outside ``[0, C)``.
 - :func:`row_uniform`: the row's Philox uniform ``tl.rand(seed, (step << 32) + row)`` (SPEC section 2).
 
@@ -29,7 +30,7 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
-from .. import slots
+from .. import rows, slots
 
 # The state's slots (csrc/slots.h) as Triton constants.
 META_PUSHED = tl.constexpr(slots.META_PUSHED)
@@ -38,6 +39,9 @@ META_STEP = tl.constexpr(slots.META_STEP)
 META_NONFINITE = tl.constexpr(slots.META_NONFINITE)
 META_BAD_TARGETS = tl.constexpr(slots.META_BAD_TARGETS)
 META_TICKET = tl.constexpr(slots.META_TICKET)
+# Row flags of losses gathered across ranks (sbkernels.rows.row_flags).
+ROW_IGNORED = tl.constexpr(rows.ROW_IGNORED)
+ROW_BAD_TARGET = tl.constexpr(rows.ROW_BAD_TARGET)
 
 TILE = 4096  # elements per program-wide tile: BLOCK_M * BLOCK_C (and BLOCK_M * BLOCK_H in select_sb)
 _MAX_BLOCK_C = 4096
@@ -69,6 +73,15 @@ def logsumexp_rows(row_ptr, in_range, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.cons
         s = s * scale + tl.sum(e, axis=1)
         x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
     return m + tl.log(s), x_sum
+
+
+@triton.jit
+def cross_entropy_from_parts(lse, x_target, x_sum, C, label_smoothing):
+    """``(1 - eps) * (lse - x_t) + eps * (lse - mean_c x_c)``; at eps = 0 the smoothing term is not formed
+    at all, so a ``-inf`` non-target logit (whose mean is -inf) leaves the loss finite (SPEC section 2)."""
+    loss = lse - x_target
+    smoothed = (1.0 - label_smoothing) * loss + label_smoothing * (lse - x_sum / C)
+    return tl.where(label_smoothing != 0.0, smoothed, loss)
 
 
 @triton.jit

@@ -2,14 +2,17 @@
 
 One pass over the logits computes, per row i, in float32 math:
 
-- ``loss_i``: cross-entropy as in select_sb (0 for ignored rows, NaN for bad targets),
+- ``loss_i``: cross-entropy as in select_sb, label smoothing included (0 for ignored rows, NaN for bad
+  targets),
 - ``score_i = ||softmax(x_i) - onehot(t_i)||_2`` (Katharopoulos & Fleuret), from the same online softmax
   with sums over the non-target classes only, which has no cancellation when p_t is close to 1::
 
       ||p - e_t||^2 = (1 - p_t)^2 + sum_{c != t} p_c^2 = (o / s)^2 + o2 / s^2,
       o = sum_{c != t} exp(x_c - m),  o2 = sum_{c != t} exp(2 (x_c - m)),  s = sum_c exp(x_c - m)
 
-- ``u_i = tl.rand(seed, (step << 32) + i)``, the row's Philox uniform (the policies' randomness).
+- ``u_i = tl.rand(seed, (step << 32) + row_offset + i)``, the row's Philox uniform (the policies'
+  randomness); under a process group ``row_offset = rank * N``, so every rank draws as its rows of the
+  global batch would.
 
 Given losses instead of logits it only loads them and draws u. The sampling that follows works on these
 N-vectors with a few torch ops (sbkernels/sampling.py), identical for the kernel and the reference.
@@ -24,6 +27,7 @@ import triton.language as tl
 from .common import (
     META_SEED,
     META_STEP,
+    cross_entropy_from_parts,
     launch,
     logsumexp_rows,
     online_softmax_step,
@@ -36,7 +40,7 @@ from .common import (
 @triton.jit
 def row_stats_kernel(
     logits_ptr, stride_logits, targets_ptr, stride_targets, losses_in_ptr, stride_losses, meta_ptr,
-    loss_ptr, score_ptr, u_ptr, N, C, ignore_index,
+    loss_ptr, score_ptr, u_ptr, N, C, ignore_index, label_smoothing, row_offset,
     FROM_LOGITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -52,6 +56,7 @@ def row_stats_kernel(
         s = tl.zeros([BLOCK_M], tl.float32)
         o = tl.zeros([BLOCK_M], tl.float32)
         o2 = tl.zeros([BLOCK_M], tl.float32)
+        x_sum = tl.zeros([BLOCK_M], tl.float32)
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             mask = in_range[:, None] & (cols < C)[None, :]
@@ -61,9 +66,10 @@ def row_stats_kernel(
             s = s * scale + tl.sum(e, axis=1)
             o = o * scale + tl.sum(e_other, axis=1)
             o2 = o2 * scale * scale + tl.sum(e_other * e_other, axis=1)
+            x_sum += tl.sum(tl.where(mask, x, 0.0), axis=1)
         lse = m + tl.log(s)
         x_t = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)
-        loss = lse - x_t
+        loss = cross_entropy_from_parts(lse, x_t, x_sum, C, label_smoothing)
         rest = o / s  # 1 - p_t without cancellation
         score = tl.sqrt(rest * rest + o2 / (s * s))
         loss = tl.where(ignored, 0.0, tl.where(bad, float("nan"), loss))
@@ -72,12 +78,12 @@ def row_stats_kernel(
     else:
         loss = tl.load(losses_in_ptr + rows64 * stride_losses, mask=in_range, other=0.0).to(tl.float32)
     tl.store(loss_ptr + rows64, loss, mask=in_range)
-    tl.store(u_ptr + rows64, row_uniform(seed, step, rows64), mask=in_range)
+    tl.store(u_ptr + rows64, row_uniform(seed, step, rows64 + row_offset), mask=in_range)
 
 
 def launch_row_stats(
     *, logits: torch.Tensor | None, targets: torch.Tensor | None, losses: torch.Tensor | None, meta: torch.Tensor,
-    ignore_index: int,
+    ignore_index: int, label_smoothing: float = 0.0, row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """(loss, score, u) per row; score is NaN-free only for logits input (zeros for losses input)."""
     from_logits = logits is not None
@@ -94,7 +100,7 @@ def launch_row_stats(
         targets_ptr=targets, stride_targets=targets.stride(0) if from_logits else 0,
         losses_in_ptr=losses, stride_losses=0 if from_logits else losses.stride(0),
         meta_ptr=meta, loss_ptr=loss, score_ptr=score, u_ptr=u, N=n, C=num_classes, ignore_index=ignore_index,
-        FROM_LOGITS=from_logits, **config,
+        label_smoothing=float(label_smoothing), row_offset=row_offset, FROM_LOGITS=from_logits, **config,
     )  # fmt: skip
     return loss, score, u
 

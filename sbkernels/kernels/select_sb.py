@@ -33,7 +33,10 @@ from .common import (
     META_SEED,
     META_STEP,
     META_TICKET,
+    ROW_BAD_TARGET,
+    ROW_IGNORED,
     TILE,
+    cross_entropy_from_parts,
     launch,
     logsumexp_rows,
     row_blocks,
@@ -66,9 +69,7 @@ def cross_entropy_rows(
     row_ptr = logits_ptr + rows64 * stride_logits  # int64 offsets: N * C may exceed 2**31
     lse, x_sum = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
     x_target = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)
-    loss = lse - x_target
-    smoothed = (1.0 - label_smoothing) * loss + label_smoothing * (lse - x_sum / C)
-    loss = tl.where(label_smoothing != 0.0, smoothed, loss)
+    loss = cross_entropy_from_parts(lse, x_target, x_sum, C, label_smoothing)
     loss = tl.where(ignored, 0.0, loss)
     loss = tl.where(bad, float("nan"), loss)
     return loss, ignored, bad
@@ -117,10 +118,10 @@ def _epilogue(
 
 @triton.jit
 def select_sb_kernel(
-    logits_ptr, stride_logits, targets_ptr, stride_targets, losses_in_ptr, stride_losses,
+    logits_ptr, stride_logits, targets_ptr, stride_targets, losses_in_ptr, stride_losses, flags_ptr,
     history_ptr, meta_ptr, loss_ptr, prob_ptr, indices_ptr, count_ptr,
     N, C, R, beta, beta_int, floor, prime, ignore_index, label_smoothing, fixed_prob,
-    FROM_LOGITS: tl.constexpr, FIXED_PROB: tl.constexpr,
+    FROM_LOGITS: tl.constexpr, HAS_FLAGS: tl.constexpr, FIXED_PROB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_SCAN: tl.constexpr,
 ):  # fmt: skip
@@ -138,8 +139,13 @@ def select_sb_kernel(
         )  # fmt: skip
     else:
         loss = tl.load(losses_in_ptr + rows64 * stride_losses, mask=in_range, other=0.0).to(tl.float32)
-        ignored = rows < 0
-        bad = rows < 0
+        if HAS_FLAGS:  # losses gathered from the ranks of a process group carry their rows' flags
+            flag = tl.load(flags_ptr + rows64, mask=in_range, other=0)
+            ignored = flag == ROW_IGNORED
+            bad = flag == ROW_BAD_TARGET
+        else:
+            ignored = rows < 0
+            bad = rows < 0
     finite = tl.abs(loss) < float("inf")  # False for NaN too
     valid = in_range & ~ignored & ~bad & finite
     nonfinite = in_range & ~ignored & ~bad & ~finite
@@ -206,6 +212,7 @@ def launch_select_sb(
     logits: torch.Tensor | None,
     targets: torch.Tensor | None,
     losses: torch.Tensor | None,
+    flags: torch.Tensor | None = None,
     history: torch.Tensor,
     meta: torch.Tensor,
     beta: float,
@@ -233,10 +240,11 @@ def launch_select_sb(
         select_sb_kernel, (triton.cdiv(n, config["BLOCK_M"]),), device, history,
         logits_ptr=logits, stride_logits=logits.stride(0) if from_logits else 0,
         targets_ptr=targets, stride_targets=targets.stride(0) if from_logits else 0,
-        losses_in_ptr=losses, stride_losses=0 if from_logits else losses.stride(0),
+        losses_in_ptr=losses, stride_losses=0 if from_logits else losses.stride(0), flags_ptr=flags,
         history_ptr=history, meta_ptr=meta, loss_ptr=loss, prob_ptr=prob, indices_ptr=indices, count_ptr=count,
         N=n, C=num_classes, R=history.numel(), beta=float(beta), beta_int=integer_beta(beta), floor=float(floor),
         prime=prime, ignore_index=ignore_index, label_smoothing=float(label_smoothing),
-        fixed_prob=float(fixed_prob), FROM_LOGITS=from_logits, FIXED_PROB=fixed_prob >= 0, **config,
+        fixed_prob=float(fixed_prob), FROM_LOGITS=from_logits, HAS_FLAGS=flags is not None,
+        FIXED_PROB=fixed_prob >= 0, **config,
     )  # fmt: skip
     return indices, count, loss, prob

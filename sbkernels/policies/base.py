@@ -23,6 +23,7 @@ class Policy:
         ignore_index: target value marking rows that are never selected.
         backend: "auto", "triton" or "reference" (see :mod:`sbkernels.backend`).
         state: an existing state to use instead of making one.
+        process_group: a ``torch.distributed`` group for the state this policy makes (SPEC section 8).
     """
 
     name: ClassVar[str]
@@ -36,10 +37,12 @@ class Policy:
         ignore_index: int = -100,
         backend: str | None = None,
         state: SelectorState | None = None,
+        process_group=None,
     ) -> None:
         self.history_size, self.seed = history_size, seed
         self.ignore_index, self.backend = ignore_index, backend
         self.state = state
+        self.process_group = process_group if state is None else state.process_group
 
     def __call__(self, scores: Tensor, targets: Tensor | None = None, **extras: Any) -> Selection:
         """Select rows of one batch: ``scores`` are (N, C) logits with (N,) ``targets``, or (N,) losses."""
@@ -51,7 +54,9 @@ class Policy:
     def state_on(self, device: torch.device) -> SelectorState:
         """The policy's state, made on ``device`` at the first call."""
         if self.state is None:
-            self.state = SelectorState(self.history_size, seed=self.seed, device=device)
+            self.state = SelectorState(
+                self.history_size, seed=self.seed, device=device, process_group=self.process_group
+            )
         return self.state
 
     def state_dict(self) -> dict[str, Any]:

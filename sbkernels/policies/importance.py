@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .. import backend as backends
 from .. import checks, library, sampling
+from ..distributed import row_offset
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
@@ -20,9 +21,9 @@ from .scored import score_rows
 
 @library.register_op("importance", mutates_args={"meta"})
 def _importance_op(
-    logits: Tensor, targets: Tensor, meta: Tensor, k: int, ignore_index: int, backend: str
+    logits: Tensor, targets: Tensor, meta: Tensor, k: int, row_offset: int, ignore_index: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    rows = score_rows(logits, targets, None, meta, ignore_index=ignore_index, backend=backend)
+    rows = score_rows(logits, targets, None, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
     q = sampling.proportional_distribution(rows.score, rows.valid)
     indices, count = sampling.sample_proportional(q, rows.u, k)
     n_valid = rows.valid.sum().clamp_min(1)
@@ -46,8 +47,9 @@ def select_importance(
     checks.check_source(logits, targets, state)
     checks.check_k(k, logits.shape[0])
     out = torch.ops.sbkernels.importance(
-        logits, targets, state.meta, k, ignore_index, backends.resolve(backend, logits.device)
-    )
+        logits, targets, state.meta, k, row_offset(state, logits.shape[0]), ignore_index,
+        backends.resolve(backend, logits.device),
+    )  # fmt: skip
     return Selection(*out)
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .. import backend as backends
 from .. import checks, library, sampling
+from ..distributed import row_offset
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
@@ -19,10 +20,10 @@ from .scored import score_rows
 
 @library.register_op("keep", mutates_args={"meta"})
 def _keep_op(
-    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor, keep: float,
+    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor, keep: float, row_offset: int,
     ignore_index: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    rows = score_rows(logits, targets, losses, meta, ignore_index=ignore_index, backend=backend)
+    rows = score_rows(logits, targets, losses, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
     weight = sampling.keep_weights(rows.loss, rows.valid, keep)
     indices, count = sampling.sample_without_replacement(weight, rows.u, int(keep * rows.loss.numel()))
     return indices, count, rows.loss, weight / weight.sum().clamp_min(1e-30)
@@ -47,8 +48,9 @@ def select_keep(
     checks.check_source(source, targets, state)
     logits, losses = (source, None) if targets is not None else (None, source)
     out = torch.ops.sbkernels.keep(
-        logits, targets, losses, state.meta, float(keep), ignore_index, backends.resolve(backend, source.device)
-    )
+        logits, targets, losses, state.meta, float(keep), row_offset(state, source.shape[0]), ignore_index,
+        backends.resolve(backend, source.device),
+    )  # fmt: skip
     return Selection(*out)
 
 

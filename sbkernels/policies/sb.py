@@ -11,7 +11,9 @@ from torch import Tensor
 
 from .. import backend as backends
 from .. import checks, library, reference
+from ..distributed import SelectGathered, global_selection
 from ..kernels.select_sb import launch_select_sb
+from ..rows import flag_masks
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
@@ -21,6 +23,7 @@ def fused_selection(
     logits: Tensor | None,
     targets: Tensor | None,
     losses: Tensor | None,
+    flags: Tensor | None,
     history: Tensor,
     meta: Tensor,
     *,
@@ -32,17 +35,25 @@ def fused_selection(
     fixed_prob: float,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The body of the "sb" and "uniform" (rate) ops: ``fixed_prob >= 0`` replaces the percentile rule."""
+    """The body of the "sb" and "uniform" (rate) ops: ``fixed_prob >= 0`` replaces the percentile rule.
+
+    ``flags`` (with ``losses``): each row's :func:`~sbkernels.rows.row_flags`, for losses gathered from the
+    ranks of a process group, whose ignored and bad-target rows must stay so.
+    """
     if backend == "triton":
         return launch_select_sb(
-            logits=logits, targets=targets, losses=losses, history=history, meta=meta, beta=beta, floor=floor,
-            prime=prime, ignore_index=ignore_index, label_smoothing=label_smoothing, fixed_prob=fixed_prob,
+            logits=logits, targets=targets, losses=losses, flags=flags, history=history, meta=meta, beta=beta,
+            floor=floor, prime=prime, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            fixed_prob=fixed_prob,
         )  # fmt: skip
     if logits is not None:
         loss, ignored, bad = reference.cross_entropy(logits, targets, ignore_index, label_smoothing)
     else:
         loss = losses.to(torch.float32, copy=True)  # an op's output must not alias its input
-        ignored = bad = torch.zeros(loss.shape, dtype=torch.bool, device=loss.device)
+        if flags is not None:
+            ignored, bad = flag_masks(flags)
+        else:
+            ignored = bad = torch.zeros(loss.shape, dtype=torch.bool, device=loss.device)
     return reference.select_sb(loss, ignored, bad, history, meta, beta, floor, prime, fixed_prob)
 
 
@@ -51,6 +62,7 @@ def _select_sb_op(
     logits: Tensor | None,
     targets: Tensor | None,
     losses: Tensor | None,
+    flags: Tensor | None,
     history: Tensor,
     meta: Tensor,
     beta: float,
@@ -61,9 +73,16 @@ def _select_sb_op(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return fused_selection(
-        logits, targets, losses, history, meta, beta=beta, floor=floor, prime=prime, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, fixed_prob=-1.0, backend=backend,
+        logits, targets, losses, flags, history, meta, beta=beta, floor=floor, prime=prime,
+        ignore_index=ignore_index, label_smoothing=label_smoothing, fixed_prob=-1.0, backend=backend,
     )  # fmt: skip
+
+
+def _on_gathered(state: SelectorState, beta: float, floor: float, prime: int, backend: str) -> SelectGathered:
+    """The "sb" op on losses gathered from every rank, with their flags."""
+    return lambda losses, flags: torch.ops.sbkernels.select_sb(
+        None, None, losses, flags, state.history, state.meta, float(beta), float(floor), prime, -100, 0.0, backend
+    )
 
 
 def select(
@@ -83,7 +102,9 @@ def select(
 
     Computes per-row cross-entropy, ranks each loss against the history in ``state``, keeps row i with
     probability ``max(floor, pct_i ** beta)`` (always while fewer than ``prime`` losses were pushed) and
-    pushes the valid losses into the history. Never synchronizes with the host.
+    pushes the valid losses into the history. Never synchronizes with the host. With a process group on
+    the state, selects on the concatenation of every rank's batch (:mod:`sbkernels.distributed`) and
+    returns this rank's rows.
 
     Args:
         logits: (N, C) float32 / bfloat16 / float16, unit stride along C.
@@ -96,20 +117,29 @@ def select(
         label_smoothing: as in ``F.cross_entropy``, in [0, 1).
         backend: "auto" (Triton on CUDA, reference on CPU), "triton" or "reference"; default from the
             SBKERNELS_BACKEND environment variable, else "auto".
-        validate: call ``state.check()`` after the op (synchronizes) to raise on out-of-range targets.
+        validate: call ``state.check()`` after the op (synchronizes) to raise on out-of-range targets; with a
+            process group, also check on the host that every rank passed the same N.
 
     Returns:
         A :class:`Selection` (indices, count, loss, prob; weight is None).
     """
     checks.check_sb_params(beta, floor, prime, label_smoothing)
     checks.check_source(logits, targets, state)
-    out = torch.ops.sbkernels.select_sb(
-        logits, targets, None, state.history, state.meta, float(beta), float(floor), prime, ignore_index,
-        float(label_smoothing), backends.resolve(backend, logits.device),
-    )  # fmt: skip
+    backend = backends.resolve(backend, logits.device)
+    if state.process_group is not None:
+        sel = global_selection(
+            logits, targets, state, _on_gathered(state, beta, floor, prime, backend), ignore_index=ignore_index,
+            label_smoothing=label_smoothing, backend=backend, validate=validate,
+        )  # fmt: skip
+    else:
+        out = torch.ops.sbkernels.select_sb(
+            logits, targets, None, None, state.history, state.meta, float(beta), float(floor), prime,
+            ignore_index, float(label_smoothing), backend,
+        )  # fmt: skip
+        sel = Selection(*out)
     if validate:
         state.check()
-    return Selection(*out)
+    return sel
 
 
 def select_losses(
@@ -127,10 +157,15 @@ def select_losses(
     """
     checks.check_sb_params(beta, floor, prime)
     checks.check_source(losses, None, state)
+    backend = backends.resolve(backend, losses.device)
+    if state.process_group is not None:
+        return global_selection(
+            losses, None, state, _on_gathered(state, beta, floor, prime, backend), ignore_index=-100,
+            label_smoothing=0.0, backend=backend,
+        )  # fmt: skip
     out = torch.ops.sbkernels.select_sb(
-        None, None, losses, state.history, state.meta, float(beta), float(floor), prime, -100, 0.0,
-        backends.resolve(backend, losses.device),
-    )  # fmt: skip
+        None, None, losses, None, state.history, state.meta, float(beta), float(floor), prime, -100, 0.0, backend
+    )
     return Selection(*out)
 
 

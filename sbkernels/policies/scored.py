@@ -27,16 +27,16 @@ class ScoredRows(NamedTuple):
 
 def score_rows(
     logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor, *, ignore_index: int,
-    backend: str,
+    row_offset: int, backend: str,
 ) -> ScoredRows:  # fmt: skip
     """Score every row, then advance the state (step + 1, error counts): the first half of every
     batch-level policy op."""
     if backend == "triton":
         loss, score, u = launch_row_stats(
-            logits=logits, targets=targets, losses=losses, meta=meta, ignore_index=ignore_index
+            logits=logits, targets=targets, losses=losses, meta=meta, ignore_index=ignore_index, row_offset=row_offset
         )
     else:
-        loss, score, u = reference.row_stats(logits, targets, losses, meta, ignore_index)
+        loss, score, u = reference.row_stats(logits, targets, losses, meta, ignore_index, row_offset=row_offset)
     if logits is not None:
         _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
     else:

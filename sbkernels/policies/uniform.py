@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .. import backend as backends
 from .. import checks, library, sampling
+from ..distributed import global_selection, row_offset
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
@@ -21,15 +22,15 @@ from .scored import score_rows
 
 @library.register_op("uniform", mutates_args={"history", "meta"})
 def _uniform_op(
-    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, history: Tensor, meta: Tensor,
-    rate: float, k: int, ignore_index: int, backend: str,
+    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, flags: Tensor | None, history: Tensor,
+    meta: Tensor, rate: float, k: int, row_offset: int, ignore_index: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     if rate >= 0:
         return fused_selection(
-            logits, targets, losses, history, meta, beta=1.0, floor=0.0, prime=0, ignore_index=ignore_index,
+            logits, targets, losses, flags, history, meta, beta=1.0, floor=0.0, prime=0, ignore_index=ignore_index,
             label_smoothing=0.0, fixed_prob=rate, backend=backend,
         )  # fmt: skip
-    rows = score_rows(logits, targets, losses, meta, ignore_index=ignore_index, backend=backend)
+    rows = score_rows(logits, targets, losses, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
     indices, count = sampling.sample_without_replacement(rows.valid.float(), rows.u, k)
     n_valid = rows.valid.sum().clamp_min(1)
     prob = torch.where(rows.valid, n_valid.clamp_max(k) / n_valid, 0.0)  # the inclusion probability
@@ -51,10 +52,18 @@ def select_uniform(
     checks.check_source(source, targets, state)
     if k is not None:
         checks.check_k(k, source.shape[0])
+    backend = backends.resolve(backend, source.device)
+    if rate is not None and state.process_group is not None:  # a rate is global, like "sb"
+        on_gathered = lambda losses, flags: torch.ops.sbkernels.uniform(  # noqa: E731
+            None, None, losses, flags, state.history, state.meta, float(rate), -1, 0, -100, backend
+        )
+        return global_selection(
+            source, targets, state, on_gathered, ignore_index=ignore_index, label_smoothing=0.0, backend=backend
+        )
     logits, losses = (source, None) if targets is not None else (None, source)
     out = torch.ops.sbkernels.uniform(
-        logits, targets, losses, state.history, state.meta, -1.0 if rate is None else float(rate),
-        -1 if k is None else k, ignore_index, backends.resolve(backend, source.device),
+        logits, targets, losses, None, state.history, state.meta, -1.0 if rate is None else float(rate),
+        -1 if k is None else k, row_offset(state, source.shape[0]), ignore_index, backend,
     )  # fmt: skip
     return Selection(*out)
 

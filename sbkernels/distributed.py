@@ -1,0 +1,113 @@
+"""Selection across the ranks of a ``torch.distributed`` process group (SPEC section 8).
+
+The global batch is the ranks' rows concatenated in rank order (the same N on every rank). Policy "sb"
+(and "uniform" with a rate) selects on it exactly as one process would on the concatenated batch:
+
+1. each rank computes its rows' losses and flags (ignored / bad target) in one pass (op ``row_losses``);
+2. one ``all_gather_into_tensor`` on the device collects every rank's ``[losses, flags, N]``;
+3. every rank runs the policy's op on the W * N gathered losses, with the same state: every loss is ranked
+   against the same history snapshot, global row g draws Philox offset ``(step << 32) + g``, and the valid
+   losses enter the history in global row order, so every rank's state stays identical;
+4. each rank keeps the selection of its own rows, as local indices.
+
+Nothing waits for the host: the collective is enqueued on the device (NCCL with CUDA tensors, gloo on
+CPU). Batch sizes must agree: each rank's N travels with its losses and a mismatch is counted on the
+device (``state.check()`` raises); ``validate=True`` checks the sizes on the host before the collective
+(a synchronization), so a mismatch raises on every rank instead of failing inside the collective. The
+fixed-count policies ("keep", "uniform" with k, "importance", "gradmatch") stay per rank, with no
+communication; their Philox draws use the rank's global row numbers (``row_offset``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import library, reference
+from .kernels.row_stats import launch_row_stats
+from .rows import compact, row_flags, target_masks
+from .selection import Selection
+from .slots import META_SIZE_MISMATCH
+from .state import SelectorState
+
+SelectGathered = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+# torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has only the first.
+_all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+
+
+@library.register_op("row_losses", mutates_args={})
+def _row_losses_op(
+    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, ignore_index: int, label_smoothing: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``(loss, flags)`` per row: the loss of SPEC section 2 and :func:`~sbkernels.rows.row_flags`."""
+    if logits is None:
+        loss = losses.to(torch.float32, copy=True)
+        return loss, torch.zeros(loss.shape, dtype=torch.int8, device=loss.device)
+    if backend == "triton":  # the row-stats pass (its score and uniforms are not needed here)
+        loss, _, _ = launch_row_stats(
+            logits=logits, targets=targets, losses=None, meta=torch.zeros(8, dtype=torch.int64, device=logits.device),
+            ignore_index=ignore_index, label_smoothing=label_smoothing,
+        )  # fmt: skip
+        _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
+    else:
+        loss, ignored, bad = reference.cross_entropy(logits, targets, ignore_index, label_smoothing)
+    return loss, row_flags(ignored, bad)
+
+
+def rank_and_size(group) -> tuple[int, int]:
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def row_offset(state: SelectorState, n: int) -> int:
+    """Global row number of this rank's first row (0 without a group): the Philox offset of local policies."""
+    return 0 if state.process_group is None else dist.get_rank(state.process_group) * n
+
+
+def check_same_batch_size(n: int, group, device: torch.device) -> None:
+    """Raise on every rank if the ranks' N differ (a collective and a host read: synchronizes)."""
+    _, world = rank_and_size(group)
+    sizes = torch.empty(world, dtype=torch.int64, device=device)
+    _all_gather(sizes, torch.full((1,), n, dtype=torch.int64, device=device), group=group)
+    found = sizes.tolist()
+    if len(set(found)) != 1:
+        raise ValueError(f"every rank must pass the same batch size N to a global selection; got {found} by rank")
+
+
+def global_selection(
+    source: Tensor,
+    targets: Tensor | None,
+    state: SelectorState,
+    select_gathered: SelectGathered,
+    *,
+    ignore_index: int,
+    label_smoothing: float,
+    backend: str,
+    validate: bool = False,
+) -> Selection:
+    """Select on the concatenation of the ranks' batches; return this rank's rows (see the module doc).
+
+    ``select_gathered(losses, flags)`` runs the policy's op on the W * N gathered losses and their flags.
+    """
+    group, device, n = state.process_group, source.device, source.shape[0]
+    rank, world = rank_and_size(group)
+    if validate:
+        check_same_batch_size(n, group, device)
+    logits, losses = (source, None) if targets is not None else (None, source)
+    loss, flags = torch.ops.sbkernels.row_losses(logits, targets, losses, ignore_index, float(label_smoothing), backend)
+    payload = torch.cat([loss, flags.to(torch.float32), torch.full((1,), float(n), device=device)])
+    gathered = torch.empty(world * (2 * n + 1), dtype=torch.float32, device=device)
+    _all_gather(gathered, payload, group=group)
+    gathered = gathered.view(world, 2 * n + 1)
+    state.meta[META_SIZE_MISMATCH].add_((gathered[:, -1] != n).any().long())
+    indices, _, _, prob = select_gathered(
+        gathered[:, :n].reshape(-1), gathered[:, n : 2 * n].reshape(-1).to(torch.int8)
+    )
+    total = world * n
+    chosen = torch.zeros(total + 1, dtype=torch.bool, device=device)
+    chosen.scatter_(0, torch.where(indices >= 0, indices, total), True)
+    local_indices, local_count = compact(chosen[rank * n : (rank + 1) * n])
+    return Selection(local_indices, local_count, loss, prob[rank * n : (rank + 1) * n].clone(), None)
