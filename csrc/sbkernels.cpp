@@ -41,4 +41,14 @@ TORCH_LIBRARY(sbkernels, m) {
   m.def(
       "gather_rows(Tensor[] sources, Tensor indices, Tensor count, Tensor(a!)[] outputs, Tensor(b!) cursor)"
       " -> ()");
+  // Native CPU bodies of the selection ops (cpu/select_cpu.cpp), called by the Python ops for
+  // backend="native": the fused "sb" pass (fixed_prob >= 0: policy "uniform" with a rate), and the row
+  // statistics (loss, importance score, Philox uniform) of the batch-level policies.
+  m.def(
+      "select_sb_cpu(Tensor? logits, Tensor? targets, Tensor? losses, Tensor? flags, Tensor(a!) history,"
+      " Tensor(b!) meta, float beta, float floor, int prime, int ignore_index, float label_smoothing,"
+      " float fixed_prob, int beta_int) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "row_stats_cpu(Tensor? logits, Tensor? targets, Tensor? losses, Tensor meta, int ignore_index,"
+      " float label_smoothing, int row_offset) -> (Tensor, Tensor, Tensor)");
 }

@@ -33,6 +33,7 @@ from .selection import Selection
 from .slots import META_SIZE_MISMATCH
 from .state import SelectorState
 
+_NO_META = torch.zeros(8, dtype=torch.int64)  # the row stats' uniforms are not used here
 SelectGathered = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 # torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has only the first.
 _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
@@ -47,7 +48,12 @@ def _row_losses_op(
     if logits is None:
         loss = losses.to(torch.float32, copy=True)
         return loss, torch.zeros(loss.shape, dtype=torch.int8, device=loss.device)
-    if backend == "triton":  # the row-stats pass (its score and uniforms are not needed here)
+    if backend == "native":
+        loss, _, _ = torch.ops.sbkernels.row_stats_cpu(
+            logits, targets, None, _NO_META, ignore_index, label_smoothing, 0
+        )
+        _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
+    elif backend == "triton":  # the row-stats pass (its score and uniforms are not needed here)
         loss, _, _ = launch_row_stats(
             logits=logits, targets=targets, losses=None, meta=torch.zeros(8, dtype=torch.int64, device=logits.device),
             ignore_index=ignore_index, label_smoothing=label_smoothing,
@@ -97,7 +103,7 @@ def global_selection(
     if validate:
         check_same_batch_size(n, group, device)
     logits, losses = (source, None) if targets is not None else (None, source)
-    loss, flags = torch.ops.sbkernels.row_losses(logits, targets, losses, ignore_index, float(label_smoothing), backend)
+    loss, flags = library.call("row_losses", logits, targets, losses, ignore_index, float(label_smoothing), backend)
     payload = torch.cat([loss, flags.to(torch.float32), torch.full((1,), float(n), device=device)])
     gathered = torch.empty(world * (2 * n + 1), dtype=torch.float32, device=device)
     _all_gather(gathered, payload, group=group)

@@ -2,8 +2,9 @@
 
 Every selection op is a ``torch.library.triton_op``: eager calls run its Python body (which launches a
 Triton kernel or runs the reference), ``torch.compile`` traces into it, and the same body on fake tensors
-is the fake implementation. :func:`python_implementation` hands the body back by op name: dispatch modes
-(the tests' CUDA-sync detector) see a custom op as a single call and use it to look inside.
+is the fake implementation. :func:`call` runs an op (the body directly in eager mode, see there);
+:func:`python_implementation` hands the body back by op name: dispatch modes (the tests' CUDA-sync
+detector) see a custom op as a single call and use it to look inside.
 
 Importing this module loads the compiled extension ``sbkernels._C``, which registers the C++ ops
 (``sbkernels::gather_rows``): ``import sbkernels`` alone makes every op available.
@@ -43,6 +44,38 @@ def extension() -> ModuleType:
     return _C
 
 
+def call(name: str, *args):
+    """Run the op ``sbkernels::<name>``: through the dispatcher while torch.compile traces, else its body.
+
+    The body is the op's implementation either way. Eager calls skip the dispatcher's Python custom-op layer,
+    which costs 60-200 us per call on torch 2.13 for ops that mutate an input (its ADInplaceOrView step
+    rebuilds the schema's argument list per argument): more than the whole native CPU selection.
+    """
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.sbkernels, name)(*args)
+    with torch.no_grad():  # as through the dispatcher: the selection ops have no autograd formula
+        return _implementations[name](*args)
+
+
 def python_implementation(name: str) -> Callable | None:
     """The Python body of the op ``sbkernels::<name>``; None for the compiled (C++) ops."""
     return _implementations.get(name)
+
+
+# Fake implementations of the native CPU ops (csrc/cpu/select_cpu.cpp): output metadata only.
+@torch.library.register_fake(f"{NAMESPACE}::select_sb_cpu")
+def _select_sb_cpu_fake(logits, targets, losses, flags, history, meta, *scalars):
+    n = (logits if logits is not None else losses).shape[0]
+    device = history.device
+    return (
+        torch.empty(n, dtype=torch.int64, device=device),
+        torch.empty((), dtype=torch.int32, device=device),
+        torch.empty(n, dtype=torch.float32, device=device),
+        torch.empty(n, dtype=torch.float32, device=device),
+    )
+
+
+@torch.library.register_fake(f"{NAMESPACE}::row_stats_cpu")
+def _row_stats_cpu_fake(logits, targets, losses, meta, ignore_index, label_smoothing, row_offset):
+    n = (logits if logits is not None else losses).shape[0]
+    return tuple(torch.empty(n, dtype=torch.float32, device=meta.device) for _ in range(3))

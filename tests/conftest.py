@@ -34,7 +34,7 @@ def kernel_devices() -> list[str]:
 
 def backend_devices() -> list[tuple[str, str]]:
     """(backend, device) pairs every semantic test runs on."""
-    pairs = [("reference", "cpu"), *[("triton", d) for d in kernel_devices()]]
+    pairs = [("reference", "cpu"), ("native", "cpu"), *[("triton", d) for d in kernel_devices()]]
     if HAS_CUDA:
         pairs.append(("reference", "cuda"))
     return pairs

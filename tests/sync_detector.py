@@ -136,6 +136,7 @@ class SyncDetector(TorchDispatchMode):
         self.violations: list[Violation] = []
         self.waits = 0
         self.custom_ops: list[str] = []
+        self.ops_seen = 0  # every op the mode checked: a run that saw none checked nothing
         self._lifted = _TensorSet()
         self._opaque = 0
         self._depth = 0
@@ -166,6 +167,7 @@ class SyncDetector(TorchDispatchMode):
         kwargs = kwargs or {}
         if self._opaque:
             return func(*args, **kwargs)
+        self.ops_seen += 1
         if func.namespace == "sbkernels":
             return self._custom_op(func, args, kwargs)
         self._check(func, args, kwargs)

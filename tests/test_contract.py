@@ -27,7 +27,7 @@ POLICIES = {  # name: (factory, pushes its losses into the history, accepts loss
     "importance": (lambda backend: Importance(k=4, backend=backend), False, False),
     "gradmatch": (lambda backend: GradMatch(k=4, steps=5, backend=backend), False, False),
 }
-BACKENDS = [("reference", "cpu"), *[("triton", d) for d in kernel_devices()]]
+BACKENDS = [("reference", "cpu"), ("native", "cpu"), *[("triton", d) for d in kernel_devices()]]
 INF, NAN = float("inf"), float("nan")
 C = 7
 

@@ -27,7 +27,7 @@ def _gradmatch_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     if backend == "triton":
         r, loss = launch_residual(logits=logits, targets=targets, ignore_index=ignore_index)
-    else:
+    else:  # "native" too: the residuals' CPU path is the reference's torch ops
         r, loss = reference.residuals(logits, targets, ignore_index)
     _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
     loss = torch.where(bad, float("nan"), loss)
@@ -65,8 +65,16 @@ def select_gradmatch(
     checks.check_k(k, n, smallest=1)
     if features is not None and (features.shape[0] != n or features.device != logits.device):
         raise ValueError(f"features must have leading dim {n} and live on {logits.device}")
-    out = torch.ops.sbkernels.gradmatch(
-        logits, targets, features, state.meta, k, steps, ignore_index, backends.resolve(backend, logits.device)
+    out = library.call(
+        "gradmatch",
+        logits,
+        targets,
+        features,
+        state.meta,
+        k,
+        steps,
+        ignore_index,
+        backends.resolve(backend, logits.device),
     )
     return Selection(*out)
 

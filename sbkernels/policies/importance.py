@@ -46,8 +46,8 @@ def select_importance(
     """
     checks.check_source(logits, targets, state)
     checks.check_k(k, logits.shape[0])
-    out = torch.ops.sbkernels.importance(
-        logits, targets, state.meta, k, row_offset(state, logits.shape[0]), ignore_index,
+    out = library.call(
+        "importance", logits, targets, state.meta, k, row_offset(state, logits.shape[0]), ignore_index,
         backends.resolve(backend, logits.device),
     )  # fmt: skip
     return Selection(*out)

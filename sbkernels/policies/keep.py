@@ -6,7 +6,6 @@ in loss within the batch's valid rows: high-loss rows are likelier. No history.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .. import backend as backends
@@ -47,8 +46,8 @@ def select_keep(
     checks.check_fraction("keep", keep)
     checks.check_source(source, targets, state)
     logits, losses = (source, None) if targets is not None else (None, source)
-    out = torch.ops.sbkernels.keep(
-        logits, targets, losses, state.meta, float(keep), row_offset(state, source.shape[0]), ignore_index,
+    out = library.call(
+        "keep", logits, targets, losses, state.meta, float(keep), row_offset(state, source.shape[0]), ignore_index,
         backends.resolve(backend, source.device),
     )  # fmt: skip
     return Selection(*out)

@@ -13,7 +13,7 @@ from .. import backend as backends
 from .. import checks, library, reference
 from ..distributed import SelectGathered, global_selection
 from ..kernels.select_sb import launch_select_sb
-from ..rows import flag_masks
+from ..rows import flag_masks, integer_beta
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
@@ -40,6 +40,11 @@ def fused_selection(
     ``flags`` (with ``losses``): each row's :func:`~sbkernels.rows.row_flags`, for losses gathered from the
     ranks of a process group, whose ignored and bad-target rows must stay so.
     """
+    if backend == "native":
+        return torch.ops.sbkernels.select_sb_cpu(
+            logits, targets, losses, flags, history, meta, beta, floor, prime, ignore_index, label_smoothing,
+            fixed_prob, integer_beta(beta),
+        )  # fmt: skip
     if backend == "triton":
         return launch_select_sb(
             logits=logits, targets=targets, losses=losses, flags=flags, history=history, meta=meta, beta=beta,
@@ -80,8 +85,20 @@ def _select_sb_op(
 
 def _on_gathered(state: SelectorState, beta: float, floor: float, prime: int, backend: str) -> SelectGathered:
     """The "sb" op on losses gathered from every rank, with their flags."""
-    return lambda losses, flags: torch.ops.sbkernels.select_sb(
-        None, None, losses, flags, state.history, state.meta, float(beta), float(floor), prime, -100, 0.0, backend
+    return lambda losses, flags: library.call(
+        "select_sb",
+        None,
+        None,
+        losses,
+        flags,
+        state.history,
+        state.meta,
+        float(beta),
+        float(floor),
+        prime,
+        -100,
+        0.0,
+        backend,
     )
 
 
@@ -132,8 +149,8 @@ def select(
             label_smoothing=label_smoothing, backend=backend, validate=validate,
         )  # fmt: skip
     else:
-        out = torch.ops.sbkernels.select_sb(
-            logits, targets, None, None, state.history, state.meta, float(beta), float(floor), prime,
+        out = library.call(
+            "select_sb", logits, targets, None, None, state.history, state.meta, float(beta), float(floor), prime,
             ignore_index, float(label_smoothing), backend,
         )  # fmt: skip
         sel = Selection(*out)
@@ -163,8 +180,20 @@ def select_losses(
             losses, None, state, _on_gathered(state, beta, floor, prime, backend), ignore_index=-100,
             label_smoothing=0.0, backend=backend,
         )  # fmt: skip
-    out = torch.ops.sbkernels.select_sb(
-        None, None, losses, None, state.history, state.meta, float(beta), float(floor), prime, -100, 0.0, backend
+    out = library.call(
+        "select_sb",
+        None,
+        None,
+        losses,
+        None,
+        state.history,
+        state.meta,
+        float(beta),
+        float(floor),
+        prime,
+        -100,
+        0.0,
+        backend,
     )
     return Selection(*out)
 

@@ -31,7 +31,9 @@ def score_rows(
 ) -> ScoredRows:  # fmt: skip
     """Score every row, then advance the state (step + 1, error counts): the first half of every
     batch-level policy op."""
-    if backend == "triton":
+    if backend == "native":
+        loss, score, u = torch.ops.sbkernels.row_stats_cpu(logits, targets, losses, meta, ignore_index, 0.0, row_offset)
+    elif backend == "triton":
         loss, score, u = launch_row_stats(
             logits=logits, targets=targets, losses=losses, meta=meta, ignore_index=ignore_index, row_offset=row_offset
         )

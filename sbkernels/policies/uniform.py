@@ -54,15 +54,18 @@ def select_uniform(
         checks.check_k(k, source.shape[0])
     backend = backends.resolve(backend, source.device)
     if rate is not None and state.process_group is not None:  # a rate is global, like "sb"
-        on_gathered = lambda losses, flags: torch.ops.sbkernels.uniform(  # noqa: E731
-            None, None, losses, flags, state.history, state.meta, float(rate), -1, 0, -100, backend
-        )
+
+        def on_gathered(losses: Tensor, flags: Tensor):
+            return library.call(
+                "uniform", None, None, losses, flags, state.history, state.meta, float(rate), -1, 0, -100, backend
+            )
+
         return global_selection(
             source, targets, state, on_gathered, ignore_index=ignore_index, label_smoothing=0.0, backend=backend
         )
     logits, losses = (source, None) if targets is not None else (None, source)
-    out = torch.ops.sbkernels.uniform(
-        logits, targets, losses, None, state.history, state.meta, -1.0 if rate is None else float(rate),
+    out = library.call(
+        "uniform", logits, targets, losses, None, state.history, state.meta, -1.0 if rate is None else float(rate),
         -1 if k is None else k, row_offset(state, source.shape[0]), ignore_index, backend,
     )  # fmt: skip
     return Selection(*out)

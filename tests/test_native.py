@@ -1,0 +1,104 @@
+"""The native CPU kernels (csrc/cpu/select_cpu.cpp) against the reference, on varied odd shapes.
+
+Exact where the contract says exact: the Philox uniforms bit for bit, and, given the native kernel's own
+losses, the reference's indices, count, probabilities (whole-number beta), history and counters. The
+losses themselves agree to float32 rounding (the native exp is a polynomial, the reference torch's).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sbkernels
+from sbkernels import reference
+from sbkernels.rows import integer_beta, target_masks
+
+from .helpers import loss_tolerance, random_logits
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("seed", [0, 1, -7, 2**40 + 3, -(2**62)])
+def test_native_philox_is_triton_tl_rand_bit_for_bit(seed):
+    state = sbkernels.SelectorState(4, seed=seed)
+    for step in (0, 1, 12345, 2**31 + 5):
+        state.meta[2] = step
+        for offset in (0, 1000):
+            _, _, u = torch.ops.sbkernels.row_stats_cpu(None, None, torch.zeros(257), state.meta, -100, 0.0, offset)
+            want = reference.philox_uniform(state.meta[1], state.meta[2], 257, offset)
+            assert torch.equal(u, want), (seed, step, offset)
+
+
+CASES = [  # (N, C, dtype, beta, floor, prime, label smoothing, history size)
+    (1, 2, torch.float32, 1.0, 0.0, 0, 0.0, 8),
+    (37, 11, torch.float32, 2.0, 0.05, 0, 0.0, 16),
+    (129, 1000, torch.bfloat16, 3.0, 0.0, 50, 0.1, 64),
+    (300, 17, torch.float16, 1.5, 0.2, 0, 0.0, 100),
+    (65, 4099, torch.float32, 1.0, 0.0, 0, 0.2, 1024),
+    (513, 33, torch.bfloat16, 0.7, 0.01, 0, 0.0, 7),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"N{c[0]}-C{c[1]}-{str(c[2])[6:]}-b{c[3]}" for c in CASES])
+def test_native_select_equals_the_reference_on_its_own_losses(case):
+    n, num_classes, dtype, beta, floor, prime, eps, size = case
+    gen = torch.Generator().manual_seed(n * num_classes)
+    native = sbkernels.SelectorState(size, seed=n)
+    ref = sbkernels.SelectorState(size, seed=n)
+    for call in range(4):  # consecutive calls, ring wraparound, N > R
+        logits = random_logits(n, num_classes, dtype, "cpu", gen)
+        targets = torch.randint(0, num_classes, (n,), generator=gen)
+        targets[torch.rand(n, generator=gen) < 0.1] = -100
+        if n > 3:
+            targets[1] = num_classes + 2  # out of range
+            logits[2, (int(targets[2]) + 1) % num_classes] = float("-inf")  # masked entry: finite loss
+            logits[3, 0] = float("nan")
+        got = sbkernels.select(logits, targets, native, beta, floor, prime, label_smoothing=eps, backend="native")
+        want_loss, _, _ = reference.cross_entropy(logits, targets, -100, eps)
+        assert torch.equal(torch.isnan(got.loss), torch.isnan(want_loss))
+        tol = loss_tolerance(logits.float().nan_to_num(0.0, 0.0, 0.0))
+        torch.testing.assert_close(got.loss, want_loss, rtol=2e-6, atol=tol, equal_nan=True)
+        _, ignored, bad = target_masks(targets, num_classes, -100)
+        want = reference.select_sb(got.loss.clone(), ignored, bad, ref.history, ref.meta, beta, floor, prime)
+        assert torch.equal(got.indices, want[0]) and int(got.count) == int(want[1]), call
+        if integer_beta(beta):
+            assert torch.equal(got.prob, want[3])
+        else:
+            torch.testing.assert_close(got.prob, want[3], rtol=2e-6, atol=0)
+        assert torch.equal(native.history, ref.history) and torch.equal(native.meta, ref.meta), call
+
+
+def test_native_select_on_losses_with_non_finite_values():
+    losses = torch.tensor([0.5, float("nan"), 2.0, float("inf"), float("-inf"), 1.0, 3.0, 0.1] * 5)
+    native, ref = sbkernels.SelectorState(16, seed=2), sbkernels.SelectorState(16, seed=2)
+    for _ in range(3):
+        got = sbkernels.select_losses(losses, native, beta=2.0, backend="native")
+        want = sbkernels.select_losses(losses, ref, beta=2.0, backend="reference")
+        assert torch.equal(got.indices, want.indices) and torch.equal(got.prob, want.prob)
+    assert torch.equal(native.meta, ref.meta) and torch.equal(native.history, ref.history)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_row_stats_equal_the_reference(dtype):
+    gen = torch.Generator().manual_seed(3)
+    logits = random_logits(77, 301, dtype, "cpu", gen)
+    targets = torch.randint(0, 301, (77,), generator=gen)
+    targets[::7] = -100
+    targets[5] = -3
+    meta = sbkernels.SelectorState(4, seed=9).meta
+    loss, score, u = torch.ops.sbkernels.row_stats_cpu(logits, targets, None, meta, -100, 0.0, 0)
+    want_loss, want_score, want_u = reference.row_stats(logits, targets, None, meta)
+    assert torch.equal(u, want_u)
+    torch.testing.assert_close(loss, want_loss, rtol=2e-6, atol=loss_tolerance(logits), equal_nan=True)
+    torch.testing.assert_close(score, want_score, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_opcheck_native_ops():
+    logits, targets = torch.randn(9, 5), torch.randint(0, 5, (9,))
+    state = sbkernels.SelectorState(4)
+    torch.library.opcheck(
+        torch.ops.sbkernels.select_sb_cpu.default,
+        (logits, targets, None, None, state.history, state.meta, 2.0, 0.0, 0, -100, 0.1, -1.0, 2),
+    )
+    torch.library.opcheck(torch.ops.sbkernels.row_stats_cpu.default, (logits, targets, None, state.meta, -100, 0.0, 3))
