@@ -276,9 +276,10 @@ def markdown(meta: dict, rows: list[dict], gather: list[dict]) -> str:
     if not cuda:
         lines += [
             "",
-            "On CPU the sbkernels row is the PyTorch reference running inside the registered custom op (the Triton",
-            "kernel is for CUDA): its aten-op count sees the one custom op, not the ~400 ops inside it. CPU copy",
-            "bandwidth is measured with `Tensor.copy_`, which memcpy-based row copies can exceed.",
+            "On CPU the sbkernels row runs the native C++ kernels (sbkernels::select_sb_cpu, then gather_rows; the",
+            "Triton kernel is for CUDA), and includes the gather and a cursor reset: its aten-op count sees the",
+            "native ops, not their inside. CPU copy bandwidth is measured with `Tensor.copy_`, which memcpy-based",
+            "row copies can exceed.",
         ]
     title = (
         f"Gathering half of a {gather[0]['rows'] * 2}x3x224x224 bf16 batch plus labels (sbkernels: median per "
