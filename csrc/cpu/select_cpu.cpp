@@ -79,20 +79,36 @@ void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ig
   const int64_t* t = t64.const_data_ptr<int64_t>();
   const int64_t t_stride = t64.stride(0);
   at::parallel_for(0, n, row_grain(num_classes), [&](int64_t begin, int64_t end) {
+    // Direct calls, not through a function pointer: the call must go through the clones' resolver.
+    const float eps = label_smoothing;
     switch (logits.scalar_type()) {
-      case at::kFloat:
-        (SCORE ? stats_f32 : losses_f32)(logits.const_data_ptr<float>(), stride, t, t_stride, num_classes,
-                                         ignore_index, label_smoothing, loss, flags, score, begin, end);
+      case at::kFloat: {
+        const float* x = logits.const_data_ptr<float>();
+        if constexpr (SCORE) {
+          stats_f32(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
+        } else {
+          losses_f32(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
+        }
         break;
-      case at::kBFloat16:
-        (SCORE ? stats_bf16 : losses_bf16)(logits.const_data_ptr<c10::BFloat16>(), stride, t, t_stride,
-                                           num_classes, ignore_index, label_smoothing, loss, flags, score, begin,
-                                           end);
+      }
+      case at::kBFloat16: {
+        const c10::BFloat16* x = logits.const_data_ptr<c10::BFloat16>();
+        if constexpr (SCORE) {
+          stats_bf16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
+        } else {
+          losses_bf16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
+        }
         break;
-      case at::kHalf:
-        (SCORE ? stats_f16 : losses_f16)(logits.const_data_ptr<c10::Half>(), stride, t, t_stride, num_classes,
-                                         ignore_index, label_smoothing, loss, flags, score, begin, end);
+      }
+      case at::kHalf: {
+        const c10::Half* x = logits.const_data_ptr<c10::Half>();
+        if constexpr (SCORE) {
+          stats_f16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
+        } else {
+          losses_f16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
+        }
         break;
+      }
       default:
         TORCH_CHECK(false, "sbkernels CPU kernels take float32, bfloat16 or float16 logits, got ",
                     logits.scalar_type());
