@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"# Global selection across {args.world} ranks: gloo on a {meta['cores']}-core CPU (not a GPU/NCCL claim)",
         "",
         f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}; medians of {args.calls} calls, rank 0 "
-        "(ranks synchronized by a barrier before every call). SB beta=2, history 1024, reference backend.",
+        "(ranks synchronized by a barrier before every call). SB beta=2, history 1024, default backend (native C++).",
         "",
         "| N per rank x C | single-process select (us) | global select (us) | collective alone (us) | added (us) |",
         "|---|---|---|---|---|",
