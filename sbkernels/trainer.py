@@ -25,6 +25,7 @@ the backward pass); a :class:`~sbkernels.schedule.StaleSB` skips the scoring pas
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -213,7 +214,7 @@ class SelectiveBackprop:
             "epoch": self.epoch,
             "counts": dict(self.counts),
             "stale": None if self.stale is None else self.stale.state_dict(),
-            "spec": self.spec,
+            "spec": None if self.spec is None else dataclasses.asdict(self.spec),  # plain data: torch.load's default
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -223,7 +224,12 @@ class SelectiveBackprop:
         self.counts = dict(state_dict["counts"])
         if self.stale is not None:
             self.stale.load_state_dict(state_dict["stale"])
-        self.spec = state_dict["spec"]
+        spec = state_dict["spec"]
+        self.spec = (
+            None
+            if spec is None
+            else BatchSpec(**{**spec, "keys": None if spec["keys"] is None else tuple(spec["keys"])})
+        )
         if self.coordinator is not None:
             self.coordinator.load_state_dict(state_dict["coordinator"])
 
