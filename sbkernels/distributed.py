@@ -30,10 +30,9 @@ from . import library, reference
 from .kernels.row_stats import launch_row_stats
 from .rows import compact, row_flags, target_masks
 from .selection import Selection
-from .slots import META_SIZE_MISMATCH
+from .slots import META_SIZE, META_SIZE_MISMATCH
 from .state import SelectorState
 
-_NO_META = torch.zeros(8, dtype=torch.int64)  # the row stats' uniforms are not used here
 SelectGathered = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 # torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has only the first.
 _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
@@ -48,16 +47,17 @@ def _row_losses_op(
     if logits is None:
         loss = losses.to(torch.float32, copy=True)
         return loss, torch.zeros(loss.shape, dtype=torch.int8, device=loss.device)
-    if backend == "native":
-        loss, _, _ = torch.ops.sbkernels.row_stats_cpu(
-            logits, targets, None, _NO_META, ignore_index, label_smoothing, 0
-        )
-        _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
-    elif backend == "triton":  # the row-stats pass (its score and uniforms are not needed here)
-        loss, _, _ = launch_row_stats(
-            logits=logits, targets=targets, losses=None, meta=torch.zeros(8, dtype=torch.int64, device=logits.device),
-            ignore_index=ignore_index, label_smoothing=label_smoothing,
-        )  # fmt: skip
+    if backend in ("native", "triton"):  # the row-stats pass; its score and uniforms are not needed here
+        unused_meta = torch.zeros(META_SIZE, dtype=torch.int64, device=logits.device)
+        if backend == "native":
+            loss, _, _ = torch.ops.sbkernels.row_stats_cpu(
+                logits, targets, None, unused_meta, ignore_index, label_smoothing, 0
+            )
+        else:
+            loss, _, _ = launch_row_stats(
+                logits=logits, targets=targets, losses=None, meta=unused_meta, ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+            )  # fmt: skip
         _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
     else:
         loss, ignored, bad = reference.cross_entropy(logits, targets, ignore_index, label_smoothing)
