@@ -10,12 +10,15 @@ import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-CPU_SOURCES = ["csrc/sbkernels.cpp", "csrc/cpu/gather_rows_cpu.cpp", "csrc/cpu/select_cpu.cpp"]
+CPU_SOURCES = ["csrc/sbkernels.cpp", "csrc/cpu/gather_rows_cpu.cpp", "csrc/cpu/select_cpu.cpp", "csrc/cpu/isa_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda/gather_rows_kernel.cu", "csrc/cuda/gather_rows_cuda.cpp"]
 # No -std: torch picks the standard its headers need (C++20 on torch 2.13). -fno-trapping-math and
 # -fno-math-errno let the compiler vectorize the float selects and exps of the CPU kernels (inf and NaN keep
 # their IEEE meaning, unlike -ffast-math).
-CXX_FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+CXX_FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-Wno-psabi", "-fopenmp"]
+# at::parallel_for is a header template that runs on one thread unless the extension itself is built with
+# OpenMP (torch's CPU wheels parallelize with OpenMP); the OpenMP runtime that torch has loaded serves it.
+LINK_FLAGS = ["-fopenmp"]
 
 
 def extension():
@@ -25,8 +28,9 @@ def extension():
             "sbkernels._C",
             CPU_SOURCES + CUDA_SOURCES,
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3"]},
+            extra_link_args=LINK_FLAGS,
         )
-    return CppExtension("sbkernels._C", CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS})
+    return CppExtension("sbkernels._C", CPU_SOURCES, extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LINK_FLAGS)
 
 
 setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})

@@ -29,8 +29,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from . import baselines
 
 GPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (8192, 32000, "bfloat16"), (16384, 131072, "bfloat16")]
-CPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (2048, 32000, "bfloat16")]
+CPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (2048, 32000, "bfloat16"), (8192, 131072, "bfloat16")]
 ROTATE_BYTES = 256 << 20  # input sets cycled per shape: more than any L2 cache
+HEAVY_BYTES = 1 << 30  # logits past this: one input set, one warm-up call, at most 3 timed calls
+# Peak extra memory of each method, in float32 copies of the logits (upcast, log-softmax, their temporaries;
+# rounded up): a method runs on a shape only if that much memory is free, with MEMORY_MARGIN to spare.
+FLOAT32_COPIES = {"sbkernels": 0, "eager reference": 6, "torch.compile reference": 5, "Composer keep": 3,
+                  "naive loop": 3}  # fmt: skip
+MEMORY_MARGIN = 3 << 30
 
 
 # ----------------------------------------------------------------------------------------- timing
@@ -154,12 +160,27 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes the next allocation can take: free device memory on CUDA, MemAvailable on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62  # unknown: try
+
+
 def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) -> list[dict]:
     rows = []
     for n, num_classes, dtype_name in shapes:
         dtype = getattr(torch, dtype_name)
         logit_bytes = n * num_classes * torch.finfo(dtype).bits // 8
+        heavy = logit_bytes > HEAVY_BYTES
         sets = max(1, min(8, math.ceil(ROTATE_BYTES / logit_bytes))) if device.type == "cuda" else 2
+        sets, shape_reps, warmup = (1, min(reps, 3), 1) if heavy else (sets, reps, 3)
+        if logit_bytes * sets + MEMORY_MARGIN > free_memory(device):
+            print(f"  shape N={n} C={num_classes} {dtype_name}: skipped, {logit_bytes / 2**30:.1f} GiB of logits")
+            continue
         gen = torch.Generator(device=device).manual_seed(0)
         inputs = [
             (
@@ -172,7 +193,14 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
         moved = logit_bytes + n * 8 + n * (8 + 4 + 4)
         print(f"  shape N={n} C={num_classes} {dtype_name}: {sets} input sets, {moved / 1e6:.1f} MB per call")
         for name, fn in baselines.methods(n, inputs[0][2]).items():
-            seconds = median_seconds(fn, inputs, device, reps)
+            need = FLOAT32_COPIES[name] * n * num_classes * 4
+            if need + MEMORY_MARGIN > free_memory(device):
+                free = free_memory(device) / 2**30
+                print(f"    {name:<26} not run: needs ~{need / 2**30:.0f} GiB, {free:.0f} GiB free")
+                rows.append({"N": n, "C": num_classes, "dtype": dtype_name, "method": name, "median_us": None,
+                             "skipped": f"not run: needs ~{need / 2**30:.0f} GiB, {free:.0f} GiB free"})  # fmt: skip
+                continue
+            seconds = median_seconds(fn, inputs, device, shape_reps, warmup)
             row = {
                 "N": n, "C": num_classes, "dtype": dtype_name, "method": name, "median_us": seconds * 1e6,
                 "bandwidth_fraction": moved / seconds / bandwidth,
@@ -184,13 +212,15 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
                 if name == "sbkernels":
                     graph = graph_seconds(fn, inputs[0])
                     row["graph_us"] = None if graph is None else graph * 1e6
-            else:
+            elif not heavy:
                 row["aten_ops_per_call"] = count_ops(fn, inputs[0])
             print(f"    {name:<26} {seconds * 1e6:12.1f} us  bw {row['bandwidth_fraction']:6.1%}")
             rows.append(row)
+        del inputs
     for row in rows:
         eager = next(r for r in rows if r["N"] == row["N"] and r["C"] == row["C"] and r["method"] == "eager reference")
-        row["speedup_vs_eager"] = eager["median_us"] / row["median_us"]
+        timed = row["median_us"] is not None and eager["median_us"] is not None
+        row["speedup_vs_eager"] = eager["median_us"] / row["median_us"] if timed else None
     return rows
 
 
@@ -262,8 +292,14 @@ def markdown(meta: dict, rows: list[dict], gather: list[dict]) -> str:
         "|" + "---|" * len(head),
     ]
     for r in rows:
+        if r["median_us"] is None:
+            lines.append(
+                f"| {r['N']}x{r['C']} {r['dtype']} | {r['method']} | {r['skipped']} |" + " |" * (len(head) - 3)
+            )
+            continue
+        speedup = "" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}"
         cells = [
-            f"{r['N']}x{r['C']} {r['dtype']}", r["method"], f"{r['median_us']:.1f}", f"{r['speedup_vs_eager']:.2f}",
+            f"{r['N']}x{r['C']} {r['dtype']}", r["method"], f"{r['median_us']:.1f}", speedup,
             f"{r['bandwidth_fraction']:.1%}",
         ]  # fmt: skip
         if cuda:
@@ -271,7 +307,7 @@ def markdown(meta: dict, rows: list[dict], gather: list[dict]) -> str:
             cells += [str(r["syncs_per_call"]), str(r["kernels_per_call"]), f"{r['extra_memory_MB']:.1f}"]
             cells += ["" if graph is None else f"{graph:.1f}"]
         else:
-            cells += [str(r["aten_ops_per_call"])]
+            cells += [str(r.get("aten_ops_per_call", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     if not cuda:
         lines += [

@@ -5,6 +5,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/isa_cpu.h"
 #include "slots.h"
 
 extern "C" {
@@ -51,4 +52,6 @@ TORCH_LIBRARY(sbkernels, m) {
   m.def(
       "row_stats_cpu(Tensor? logits, Tensor? targets, Tensor? losses, Tensor meta, int ignore_index,"
       " float label_smoothing, int row_offset) -> (Tensor, Tensor, Tensor)");
+  // The instruction set of the native CPU kernels: "" reads it; "best", "avx512", "avx2" or "default" sets it.
+  m.def("cpu_isa(str request) -> str", [](std::string request) { return sbkernels::cpu::cpu_isa(request); });
 }

@@ -2,10 +2,11 @@
 
 Three logits rows sit 2**30 + 7 elements apart (8 GiB in all) in a sparse memory-mapped file, so only the
 touched pages take memory. The Triton kernels run under the interpreter, which does their integer math in
-the kernel's own dtypes, so an int32 row offset wraps there as it would on a GPU. The C++ CPU gather and the
-host build of the CUDA gather kernel read the same rows. A wrapped offset reads the wrong address or crashes,
-so the checks run in a subprocess: a crash fails this test instead of killing pytest. tests/test_gpu.py
-holds the GPU version, with a real N * C > 2**31 tensor.
+the kernel's own dtypes, so an int32 row offset wraps there as it would on a GPU. The C++ CPU gather, the
+host build of the CUDA gather kernel and the native CPU selection kernels (every instruction set) read the
+same rows. A wrapped offset reads the wrong address or crashes, so the checks run in a subprocess: a crash
+fails this test instead of killing pytest. tests/test_gpu.py holds the GPU version, with a real
+N * C > 2**31 tensor.
 """
 
 from __future__ import annotations
@@ -60,6 +61,23 @@ if sys.argv[2] == "triton":
     torch.testing.assert_close(loss, loss_want)
     checked += ["select", "keep", "residuals"]
 
+# The native CPU kernels (csrc/cpu/select_cpu.cpp), under every instruction set this CPU has.
+for isa in ("avx512", "avx2", "default"):
+    try:
+        torch.ops.sbkernels.cpu_isa(isa)
+    except RuntimeError:
+        continue
+    sel = sbkernels.select(logits, targets, state(), beta=1.0, backend="native")
+    want = sbkernels.select(dense, targets, state(), beta=1.0, backend="reference")
+    assert torch.equal(sel.indices, want.indices) and int(sel.count) == int(want.count), (isa, sel, want)
+    torch.testing.assert_close(sel.loss, F.cross_entropy(dense, targets, reduction="none"))
+    loss, score, _ = torch.ops.sbkernels.row_stats_cpu(logits, targets, None, state().meta, -100, 0.0, 0)
+    want_loss, want_score, _ = reference.row_stats(dense, targets, None, state().meta)
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(score, want_score)
+    checked.append(f"native-{isa}")
+torch.ops.sbkernels.cpu_isa("best")
+
 gathers = {"cpu": gather_rows}
 if cuda_emulation.load() is None:
     gathers["cuda-emulated"] = torch.ops.sbkernels_emulated.gather_rows
@@ -83,6 +101,7 @@ def test_kernels_index_rows_past_2_31_elements(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert proc.stdout.strip().endswith("ok"), proc.stdout
+    assert "native-default" in proc.stdout, proc.stdout  # every CPU has the baseline path
     if interpreting():
         assert "select keep residuals" in proc.stdout, proc.stdout
     if cuda_emulation.cuda_include_dirs():  # with nvcc's headers the CUDA gather kernel is checked too

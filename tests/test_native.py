@@ -17,6 +17,30 @@ from sbkernels.rows import integer_beta, target_masks
 from .helpers import loss_tolerance, random_logits
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ISAS = ["avx512", "avx2", "default"]  # csrc/cpu/isa_cpu.h: each row kernel is compiled once per set
+
+
+@pytest.fixture(params=ISAS)
+def cpu_isa(request):
+    """Runs the test with the native kernels compiled for one instruction set (skips if the CPU lacks it)."""
+    before = torch.ops.sbkernels.cpu_isa("")
+    try:
+        torch.ops.sbkernels.cpu_isa(request.param)
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    yield request.param
+    torch.ops.sbkernels.cpu_isa(before)
+
+
+def test_cpu_isa_op_reads_sets_and_refuses_unknown_sets():
+    before = torch.ops.sbkernels.cpu_isa("")
+    try:
+        assert torch.ops.sbkernels.cpu_isa("default") == "default" == torch.ops.sbkernels.cpu_isa("")
+        assert torch.ops.sbkernels.cpu_isa("best") in ISAS
+        with pytest.raises(RuntimeError, match="unknown CPU instruction set"):
+            torch.ops.sbkernels.cpu_isa("sse9")
+    finally:
+        torch.ops.sbkernels.cpu_isa(before)
 
 
 @pytest.mark.parametrize("seed", [0, 1, -7, 2**40 + 3, -(2**62)])
@@ -41,7 +65,7 @@ CASES = [  # (N, C, dtype, beta, floor, prime, label smoothing, history size)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"N{c[0]}-C{c[1]}-{str(c[2])[6:]}-b{c[3]}" for c in CASES])
-def test_native_select_equals_the_reference_on_its_own_losses(case):
+def test_native_select_equals_the_reference_on_its_own_losses(case, cpu_isa):
     n, num_classes, dtype, beta, floor, prime, eps, size = case
     gen = torch.Generator().manual_seed(n * num_classes)
     native = sbkernels.SelectorState(size, seed=n)
@@ -80,7 +104,7 @@ def test_native_select_on_losses_with_non_finite_values():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_native_row_stats_equal_the_reference(dtype):
+def test_native_row_stats_equal_the_reference(dtype, cpu_isa):
     gen = torch.Generator().manual_seed(3)
     logits = random_logits(77, 301, dtype, "cpu", gen)
     targets = torch.randint(0, 301, (77,), generator=gen)
@@ -92,6 +116,58 @@ def test_native_row_stats_equal_the_reference(dtype):
     assert torch.equal(u, want_u)
     torch.testing.assert_close(loss, want_loss, rtol=2e-6, atol=loss_tolerance(logits), equal_nan=True)
     torch.testing.assert_close(score, want_score, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_native_kernels_widen_every_16_bit_pattern_exactly(dtype, cpu_isa):
+    """All 65536 bit patterns as logits, consecutive patterns (values of one binade) sharing a row: the 16-bit
+    kernels' losses and scores are bit-equal to the float32 kernels' on ``.float()`` of the same logits, inf
+    and NaN included. (A wrong subnormal would only show where it moves a loss by a float32 ulp.)"""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    patterns = bits.view(dtype)
+    finite = patterns.float().isfinite()
+    # Rows of 257 (a vector tail) mixing every pattern with finite neighbours, so most losses are finite.
+    values = torch.where(finite, patterns, torch.zeros((), dtype=dtype))
+    logits = torch.cat([values, patterns[~finite]]).reshape(-1)[: 255 * 257].reshape(255, 257)
+    targets = torch.arange(255) % 257
+    meta = sbkernels.SelectorState(4, seed=1).meta
+    got = torch.ops.sbkernels.row_stats_cpu(logits, targets, None, meta, -100, 0.1, 0)
+    want = torch.ops.sbkernels.row_stats_cpu(logits.float(), targets, None, meta, -100, 0.1, 0)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g.isnan(), w.isnan()) and torch.equal(g.nan_to_num(), w.nan_to_num())
+    assert bool(got[0].isfinite().any())
+    tail = torch.cat([values, patterns[~finite]])[255 * 257 :]  # the rest, as one more batch
+    rows = tail[: tail.numel() // 257 * 257].reshape(-1, 257)
+    t = torch.zeros(rows.shape[0], dtype=torch.int64)
+    got = torch.ops.sbkernels.row_stats_cpu(rows, t, None, meta, -100, 0.0, 0)[0]
+    want = torch.ops.sbkernels.row_stats_cpu(rows.float(), t, None, meta, -100, 0.0, 0)[0]
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_native_kernels_agree_across_instruction_sets():
+    """Every instruction set this CPU has gives the same selection on the same inputs (the losses to float32
+    rounding: the lane count changes the order of the sums)."""
+    gen = torch.Generator().manual_seed(11)
+    logits = random_logits(203, 1001, torch.bfloat16, "cpu", gen)
+    targets = torch.randint(0, 1001, (203,), generator=gen)
+    before = torch.ops.sbkernels.cpu_isa("")
+    results = {}
+    try:
+        for isa in ISAS:
+            try:
+                torch.ops.sbkernels.cpu_isa(isa)
+            except RuntimeError:
+                continue
+            results[isa] = torch.ops.sbkernels.row_stats_cpu(logits, targets, None, sbkernels.SelectorState(4).meta,
+                                                             -100, 0.0, 0)  # fmt: skip
+    finally:
+        torch.ops.sbkernels.cpu_isa(before)
+    assert "default" in results
+    base = results["default"]
+    for isa, (loss, score, u) in results.items():
+        torch.testing.assert_close(loss, base[0], rtol=1e-6, atol=1e-6, msg=isa)
+        torch.testing.assert_close(score, base[1], rtol=1e-5, atol=1e-6, msg=isa)
+        assert torch.equal(u, base[2]), isa
 
 
 def test_opcheck_native_ops():

@@ -6,12 +6,19 @@
 #include <c10/util/Half.h>
 
 #include <cmath>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
-// The hot loops are inlined into functions compiled for several instruction sets (select_cpu.cpp).
-#define SBKERNELS_INLINE inline __attribute__((always_inline))
+// The hot loops are inlined into functions compiled for several instruction sets (select_cpu.cpp), which
+// are "flatten"ed: everything they call is inlined there, so it is compiled for that instruction set. (Not
+// always_inline: GCC would inline the AVX-512 exp into its default-target callers first, and fail.)
+#define SBKERNELS_INLINE inline
 
 namespace sbkernels::cpu {
 
@@ -40,115 +47,267 @@ inline float philox_uniform(int64_t seed, int64_t step, int64_t row) {
   return static_cast<float>(folded) * 4.6566127342e-10f;
 }
 
-// exp(x) for x <= 0 in float32, branch-free so the compiler vectorizes the loops that call it: 2**(x log2 e)
-// split into 2**n (exponent bits) times 2**f, f in [-0.5, 0.5], by a degree-6 polynomial (relative error
-// below 2e-7). x below -87 (and -inf) gives exactly 0, as exp does below float32's normal range, so a row
-// that is -inf everywhere sums to 0 and its logsumexp is -inf.
-SBKERNELS_INLINE float exp_nonpositive(float x) {
-  const bool underflow = x < -87.0f;
-  x = underflow ? -87.0f : x;
-  const float t = x * 1.44269504088896341f;
-  // Round to nearest by the 1.5 * 2**23 trick (an add and a subtract): vectorizes, unlike nearbyint.
-  const float n = (t + 12582912.0f) - 12582912.0f;
-  const float f = t - n;
-  float p = 1.535336188319500e-4f;
+// The row loops work on W float32 lanes at a time in GCC's vector types, so their vectorization does not
+// hang on the auto-vectorizer: each function that inlines them is compiled for one instruction set
+// (select_cpu.cpp), where a W-lane vector is one AVX-512 (W = 16), AVX2 (W = 8) or SSE / NEON (W = 4) register.
+template <int W>
+struct Lanes {
+  typedef float f32 __attribute__((vector_size(4 * W)));
+  typedef int32_t i32 __attribute__((vector_size(4 * W)));
+  typedef uint32_t u32 __attribute__((vector_size(4 * W)));
+  typedef uint16_t u16 __attribute__((vector_size(2 * W)));
+};
+// (Free functions: GCC drops the vector attribute of these typedefs inside the class's own members.)
+template <int W>
+SBKERNELS_INLINE typename Lanes<W>::f32 splat(float x) {
+  return typename Lanes<W>::f32{} + x;
+}
+template <int W>
+SBKERNELS_INLINE typename Lanes<W>::i32 lane_index() {  // {0, 1, ..., W - 1}
+  typename Lanes<W>::i32 out;
+  for (int j = 0; j < W; ++j) out[j] = j;
+  return out;
+}
+
+// exp(x) for x <= 0 in float32, per lane: 2**(x log2 e) split into 2**n (exponent bits) times 2**f,
+// f in [-0.5, 0.5], by a degree-6 polynomial (relative error below 2e-7). x below -87 (and -inf) gives
+// exactly 0, as exp does below float32's normal range, so a row that is -inf everywhere sums to 0 and its
+// logsumexp is -inf.
+template <int W>
+SBKERNELS_INLINE typename Lanes<W>::f32 exp_nonpositive(typename Lanes<W>::f32 x) {
+  using L = Lanes<W>;
+  const typename L::i32 underflow = x < -87.0f;
+  x = underflow ? splat<W>(-87.0f) : x;
+  const typename L::f32 t = x * 1.44269504088896341f;
+  const typename L::f32 n = (t + 12582912.0f) - 12582912.0f;  // round to nearest by the 1.5 * 2**23 trick
+  const typename L::f32 f = t - n;
+  typename L::f32 p = splat<W>(1.535336188319500e-4f);
   p = p * f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
   p = p * f + 5.550332471162809e-2f;
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &p, sizeof(bits));
-  bits += static_cast<int32_t>(n) << 23;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return underflow ? 0.0f : out;
+  const typename L::i32 bits = __builtin_bit_cast(typename L::i32, p) + (__builtin_convertvector(n, typename L::i32) << 23);
+  return underflow ? splat<W>(0.0f) : __builtin_bit_cast(typename L::f32, bits);
 }
 
-SBKERNELS_INLINE float to_float(float x) { return x; }
-SBKERNELS_INLINE float to_float(c10::BFloat16 x) { return static_cast<float>(x); }
-SBKERNELS_INLINE float to_float(c10::Half x) { return static_cast<float>(x); }
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX-512 has two of the steps above as single instructions: rounding (vrndscaleps) and the 2**n scaling
+// (vscalefps, which underflows to 0 by itself), 13 instructions per 16 lanes instead of 17. The clamp
+// keeps -inf from becoming NaN (-inf - -inf) and puts every x below it at exactly 0 (2**-158 rounds to 0);
+// max(-110, NaN) is NaN, so a NaN logit still gives a NaN loss.
+template <>
+__attribute__((target("avx512f"))) SBKERNELS_INLINE Lanes<16>::f32 exp_nonpositive<16>(Lanes<16>::f32 x) {
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 v = _mm512_max_ps(_mm512_set1_ps(-110.0f), __builtin_bit_cast(__m512, x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_fmsub_ps(v, log2e, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return __builtin_bit_cast(Lanes<16>::f32, _mm512_scalef_ps(p, n));
+}
+#endif
 
-// Adds sum exp(x_c - shift) and sum exp(x_c - shift)^2 over columns [from, to) to o and o2.
-template <typename T>
-SBKERNELS_INLINE void non_target_sums(const T* row, int64_t from, int64_t to, float shift, float& o, float& o2) {
-  constexpr int kLanes = 16;
-  float sums[kLanes], squares[kLanes];
-  for (int j = 0; j < kLanes; ++j) sums[j] = 0.0f, squares[j] = 0.0f;
-  int64_t c = from;
-  for (; c + kLanes <= to; c += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float e = exp_nonpositive(to_float(row[c + j]) - shift);
-      sums[j] += e;
-      squares[j] += e * e;
-    }
+// W logits as float32. bfloat16 is the top half of a float32; float16 is widened exactly by integer
+// operations (normal, subnormal, zero, inf and NaN alike), so no F16C instruction is needed.
+template <int W>
+SBKERNELS_INLINE typename Lanes<W>::f32 load(const float* p) {
+  typename Lanes<W>::f32 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <int W>
+SBKERNELS_INLINE typename Lanes<W>::u32 load_u16(const void* p) {
+  typename Lanes<W>::u16 h;
+  std::memcpy(&h, p, sizeof(h));
+  return __builtin_convertvector(h, typename Lanes<W>::u32);
+}
+template <int W>
+SBKERNELS_INLINE typename Lanes<W>::f32 load(const c10::BFloat16* p) {
+  return __builtin_bit_cast(typename Lanes<W>::f32, load_u16<W>(p) << 16);
+}
+template <int W>
+SBKERNELS_INLINE typename Lanes<W>::f32 load(const c10::Half* p) {
+  using f32 = typename Lanes<W>::f32;
+  using u32 = typename Lanes<W>::u32;
+  const u32 h = load_u16<W>(p);
+  constexpr uint32_t kExponent = 0x7c00u << 13;  // the float16 exponent field, moved to float32's place
+  u32 o = (h & 0x7fffu) << 13;
+  const u32 exponent = o & kExponent;
+  o += (127u - 15u) << 23;  // rebias
+  o += __builtin_bit_cast(u32, exponent == kExponent) & ((128u - 16u) << 23);  // inf and NaN stay so
+  // Subnormals and zero: one more exponent step, then subtract 2**-14 as a float.
+  const f32 subnormal = __builtin_bit_cast(f32, o + (1u << 23)) - 6.103515625e-05f;
+  o = exponent == 0 ? __builtin_bit_cast(u32, subnormal) : o;
+  return __builtin_bit_cast(f32, o | ((h & 0x8000u) << 16));
+}
+
+// The last `count` (< W) logits of a row, the missing lanes set to `fill`. Lane by lane into a register: a
+// vector load from a buffer just written element by element would stall on store forwarding.
+template <int W, typename T>
+SBKERNELS_INLINE typename Lanes<W>::f32 load_tail(const T* p, int64_t count, float fill) {
+  typename Lanes<W>::f32 x = splat<W>(fill);
+  for (int j = 0; j < count; ++j) x[j] = static_cast<float>(p[j]);
+  return x;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX-512 loads the tail with a lane mask in one instruction (no element-by-element build).
+template <int W, typename T>
+  requires(W == 16)
+__attribute__((target("avx512f,avx512bw,avx512vl"))) SBKERNELS_INLINE Lanes<16>::f32 load_tail(const T* p, int64_t count,
+                                                                                             float fill) {
+  const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1u);
+  __m512 x;
+  if constexpr (std::is_same_v<T, float>) {
+    x = _mm512_maskz_loadu_ps(lanes, p);
+  } else {
+    const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
+    Lanes<16>::u16 h = __builtin_bit_cast(Lanes<16>::u16, bits);
+    Lanes<16>::f32 wide = load<16>(reinterpret_cast<const T*>(&h));
+    x = __builtin_bit_cast(__m512, wide);
   }
-  for (int j = 0; j < kLanes; ++j) o += sums[j], o2 += squares[j];
-  for (; c < to; ++c) {
-    const float e = exp_nonpositive(to_float(row[c]) - shift);
-    o += e;
-    o2 += e * e;
+  return __builtin_bit_cast(Lanes<16>::f32, _mm512_mask_blend_ps(lanes, _mm512_set1_ps(fill), x));
+}
+#endif
+
+template <typename T>
+SBKERNELS_INLINE float to_float(T x) { return static_cast<float>(x); }
+
+// The low and high halves of a W-lane vector, as register shuffles, for reductions by halving (log2 W
+// steps, not a W-long chain). (Through memory, the accumulators would live on the stack.)
+template <int W, std::size_t... I>
+SBKERNELS_INLINE typename Lanes<W / 2>::f32 low_half(typename Lanes<W>::f32 v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, I...);
+}
+template <int W, std::size_t... I>
+SBKERNELS_INLINE typename Lanes<W / 2>::f32 high_half(typename Lanes<W>::f32 v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, (I + W / 2)...);
+}
+template <int W>
+SBKERNELS_INLINE void halves(typename Lanes<W>::f32 v, typename Lanes<W / 2>::f32& lo, typename Lanes<W / 2>::f32& hi) {
+  lo = low_half<W>(v, std::make_index_sequence<W / 2>());
+  hi = high_half<W>(v, std::make_index_sequence<W / 2>());
+}
+template <int W>
+SBKERNELS_INLINE float lane_sum(typename Lanes<W>::f32 v) {
+  if constexpr (W == 4) {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+  } else {
+    typename Lanes<W / 2>::f32 lo, hi;
+    halves<W>(v, lo, hi);
+    return lane_sum<W / 2>(lo + hi);
+  }
+}
+template <int W>
+SBKERNELS_INLINE float lane_max(typename Lanes<W>::f32 v) {
+  if constexpr (W == 4) {
+    const float a = v[0] > v[2] ? v[0] : v[2], b = v[1] > v[3] ? v[1] : v[3];
+    return a > b ? a : b;
+  } else {
+    typename Lanes<W / 2>::f32 lo, hi;
+    halves<W>(v, lo, hi);
+    return lane_max<W / 2>(lo > hi ? lo : hi);
   }
 }
 
 struct RowSums {
   float lse;     // logsumexp_c x_c (-inf for a row that is -inf everywhere)
-  float x_sum;   // sum_c x_c (for label smoothing)
   float other;   // sum_{c != t} exp(x_c - m) / s: 1 - p_t without cancellation (importance score)
   float other2;  // sum_{c != t} exp(x_c - m)^2 / s^2
 };
 
-// One row's softmax statistics in float32 math, two passes over the row (max, then sums). The shift is
-// 0 while the max is -inf, so -inf entries add exactly nothing (SPEC section 2). With SCORE, also the sums
-// over the non-target classes that give ||softmax - onehot||_2.
-template <bool SCORE, typename T>
-SBKERNELS_INLINE RowSums row_sums(const T* row, int64_t num_classes, int64_t target) {
-  constexpr int kLanes = 16;
-  float maxima[kLanes], sums[kLanes];
-  for (int j = 0; j < kLanes; ++j) maxima[j] = -std::numeric_limits<float>::infinity(), sums[j] = 0.0f;
-  const int64_t whole = num_classes - num_classes % kLanes;
-  for (int64_t c = 0; c < whole; c += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float x = to_float(row[c + j]);
-      maxima[j] = x > maxima[j] ? x : maxima[j];
-      sums[j] += x;
+// One row's softmax statistics in float32 math: a pass for the max, then a pass for the exps, from cache
+// (next_row: the row to prefetch meanwhile, any readable row when there is none).
+// The shift is 0 while the max is -inf, so -inf entries add exactly nothing (SPEC section 2). With SCORE the
+// second pass also sums over the non-target classes, masked by column (no cancellation: 1 - p_t is never
+// formed as s - e_t), for ||softmax - onehot||_2.
+template <int W, bool SCORE, typename T>
+SBKERNELS_INLINE RowSums row_sums(const T* row, int64_t num_classes, int64_t target, const T* next_row) {
+  using f32 = typename Lanes<W>::f32;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const int64_t whole = num_classes - num_classes % W, tail = num_classes - whole;
+  f32 max_a = splat<W>(-kInf), max_b = splat<W>(-kInf);
+  int64_t c = 0;
+  for (; c + 2 * W <= whole; c += 2 * W) {  // two accumulators: independent dependency chains
+    const f32 a = load<W>(row + c), b = load<W>(row + c + W);
+    max_a = a > max_a ? a : max_a;
+    max_b = b > max_b ? b : max_b;
+  }
+  if (c < whole) {
+    const f32 a = load<W>(row + c);
+    max_a = a > max_a ? a : max_a;
+  }
+  if (tail) {
+    const f32 b = load_tail<W>(row + whole, tail, -kInf);
+    max_b = b > max_b ? b : max_b;
+  }
+  const float m = lane_max<W>(max_a > max_b ? max_a : max_b);
+  const f32 shift = splat<W>(m == -kInf ? 0.0f : m);
+  const typename Lanes<W>::i32 lanes = lane_index<W>();
+  const int32_t t = static_cast<int32_t>(target);
+  f32 s = splat<W>(0.0f), o = splat<W>(0.0f), o2 = splat<W>(0.0f);
+  auto add = [&](f32 x, int64_t column) {
+    const f32 e = exp_nonpositive<W>(x - shift);
+    s += e;
+    if constexpr (SCORE) {
+      const f32 e_other = (lanes + static_cast<int32_t>(column)) == t ? splat<W>(0.0f) : e;
+      o += e_other;
+      o2 += e_other * e_other;
     }
+  };
+  for (c = 0; c < whole; c += W) {
+    // The exps run from cache while the next row streams in: prefetched at the pace of this pass, so
+    // memory and arithmetic overlap instead of taking turns.
+    __builtin_prefetch(next_row + c);
+    add(load<W>(row + c), c);
   }
-  float m = -std::numeric_limits<float>::infinity(), x_sum = 0.0f;
-  for (int j = 0; j < kLanes; ++j) m = maxima[j] > m ? maxima[j] : m, x_sum += sums[j];
-  for (int64_t c = whole; c < num_classes; ++c) {
-    const float x = to_float(row[c]);
-    m = x > m ? x : m;
-    x_sum += x;
-  }
-  const float shift = std::isinf(m) && m < 0 ? 0.0f : m;
-  float exps[kLanes];
-  for (int j = 0; j < kLanes; ++j) exps[j] = 0.0f;
-  for (int64_t c = 0; c < whole; c += kLanes) {
-    for (int j = 0; j < kLanes; ++j) exps[j] += exp_nonpositive(to_float(row[c + j]) - shift);
-  }
-  float s = 0.0f;
-  for (int j = 0; j < kLanes; ++j) s += exps[j];
-  for (int64_t c = whole; c < num_classes; ++c) s += exp_nonpositive(to_float(row[c]) - shift);
-  RowSums out{shift + std::log(s), x_sum, 0.0f, 0.0f};
+  if (tail) add(load_tail<W>(row + whole, tail, -kInf), whole);
+  const float total = lane_sum<W>(s);
+  RowSums out{shift[0] + std::log(total), 0.0f, 0.0f};
   if constexpr (SCORE) {
-    // The non-target sums by a third pass, over the columns before and after the target: two loops with
-    // no condition inside, so they vectorize, and no cancellation (1 - p_t is never formed as s - e_t).
-    float o = 0.0f, o2 = 0.0f;
-    non_target_sums(row, 0, target, shift, o, o2);
-    non_target_sums(row, target + 1, num_classes, shift, o, o2);
-    out.other = o / s;
-    out.other2 = o2 / (s * s);
+    out.other = lane_sum<W>(o) / total;
+    out.other2 = lane_sum<W>(o2) / (total * total);
   }
   return out;
 }
 
-// The loss of SPEC section 2 from the row's statistics; the smoothing term is not formed at eps = 0.
-SBKERNELS_INLINE float cross_entropy(const RowSums& r, float x_target, int64_t num_classes, float label_smoothing) {
-  const float loss = r.lse - x_target;
+// sum_c x_c, for label smoothing only (a third pass, from cache).
+template <int W, typename T>
+SBKERNELS_INLINE float row_sum(const T* row, int64_t num_classes) {
+  const int64_t whole = num_classes - num_classes % W;
+  typename Lanes<W>::f32 sum = splat<W>(0.0f);
+  for (int64_t c = 0; c < whole; c += W) sum += load<W>(row + c);
+  if (whole < num_classes) sum += load_tail<W>(row + whole, num_classes - whole, 0.0f);
+  return lane_sum<W>(sum);
+}
+
+// #{k < n_hist : history[k] < loss}, W lanes at a time (an exact integer count: the order does not matter).
+template <int W>
+SBKERNELS_INLINE int64_t count_below(const float* history, int64_t n_hist, float loss) {
+  using i32 = typename Lanes<W>::i32;
+  i32 below{};
+  int64_t k = 0;
+  for (; k + W <= n_hist; k += W) below -= load<W>(history + k) < loss;  // true lanes are -1
+  int64_t out = 0;
+  for (int j = 0; j < W; ++j) out += below[j];
+  for (; k < n_hist; ++k) out += history[k] < loss ? 1 : 0;
+  return out;
+}
+
+// The loss of SPEC section 2 from the row's logsumexp; the smoothing term is not formed at eps = 0.
+template <int W, typename T>
+SBKERNELS_INLINE float cross_entropy(const T* row, float lse, int64_t target, int64_t num_classes, float label_smoothing) {
+  const float loss = lse - to_float(row[target]);
   if (label_smoothing == 0.0f) return loss;
-  return (1.0f - label_smoothing) * loss + label_smoothing * (r.lse - r.x_sum / static_cast<float>(num_classes));
+  const float x_mean = row_sum<W>(row, num_classes) / static_cast<float>(num_classes);
+  return (1.0f - label_smoothing) * loss + label_smoothing * (lse - x_mean);
 }
 
 }  // namespace sbkernels::cpu

@@ -11,9 +11,11 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../slots.h"
+#include "isa_cpu.h"
 #include "rows_cpu.h"
 
 namespace sbkernels::cpu {
@@ -26,94 +28,140 @@ constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop ru
 // Rows per parallel task: enough logits per task that small batches stay on one thread.
 int64_t row_grain(int64_t num_classes) { return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(num_classes, 1)); }
 
-// A block of rows [begin, end): loss, flags (0 valid, 1 ignored, 2 bad target) and, with SCORE, the
-// importance score. Inlined into the per-dtype functions below.
-template <bool SCORE, typename T>
-SBKERNELS_INLINE void row_block(const T* base, int64_t stride, const int64_t* t, int64_t t_stride, int64_t num_classes,
-                               int64_t ignore_index, float label_smoothing, float* loss, int8_t* flags, float* score,
-                               int64_t begin, int64_t end) {
+// One logits matrix and the per-row outputs of the row kernels.
+template <typename T>
+struct RowArgs {
+  const T* logits;
+  int64_t stride;  // elements between rows
+  const int64_t* targets;
+  int64_t target_stride;
+  int64_t num_classes;
+  int64_t ignore_index;
+  float label_smoothing;
+  float* loss;
+  int8_t* flags;  // 0 valid, 1 ignored, 2 bad target
+  float* score;   // with SCORE only
+};
+
+// Rows [begin, end): loss, flags and, with SCORE, the importance score. Inlined into one function per
+// instruction set below.
+template <int W, bool SCORE, typename T>
+SBKERNELS_INLINE void row_block(const RowArgs<T>& a, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) {
-    const int64_t target = t[i * t_stride];
-    if (target == ignore_index) {
-      loss[i] = 0.0f, flags[i] = kRowIgnored;
-      if constexpr (SCORE) score[i] = 0.0f;
-    } else if (target < 0 || target >= num_classes) {
-      loss[i] = std::numeric_limits<float>::quiet_NaN(), flags[i] = kRowBadTarget;
-      if constexpr (SCORE) score[i] = std::numeric_limits<float>::quiet_NaN();
+    const int64_t target = a.targets[i * a.target_stride];
+    if (target == a.ignore_index) {
+      a.loss[i] = 0.0f, a.flags[i] = kRowIgnored;
+      if constexpr (SCORE) a.score[i] = 0.0f;
+    } else if (target < 0 || target >= a.num_classes) {
+      a.loss[i] = std::numeric_limits<float>::quiet_NaN(), a.flags[i] = kRowBadTarget;
+      if constexpr (SCORE) a.score[i] = std::numeric_limits<float>::quiet_NaN();
     } else {
-      const T* row = base + i * stride;
-      const RowSums sums = row_sums<SCORE>(row, num_classes, target);
-      loss[i] = cross_entropy(sums, to_float(row[target]), num_classes, label_smoothing);
-      flags[i] = 0;
-      if constexpr (SCORE) score[i] = std::sqrt(sums.other * sums.other + sums.other2);
+      const T* row = a.logits + i * a.stride;
+      const T* next_row = i + 1 < end ? row + a.stride : row;
+      const RowSums sums = row_sums<W, SCORE>(row, a.num_classes, target, next_row);
+      a.loss[i] = cross_entropy<W>(row, sums.lse, target, a.num_classes, a.label_smoothing);
+      a.flags[i] = 0;
+      if constexpr (SCORE) a.score[i] = std::sqrt(sums.other * sums.other + sums.other2);
     }
   }
 }
 
-// The row loop compiled for AVX2 + FMA and for baseline x86-64, the CPU's features picking one at load time
-// (GCC target_clones): 8-wide exps where the machine has them, and still a build that runs everywhere.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SBKERNELS_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define SBKERNELS_CLONES
+// The row loop compiled three times: 16 lanes for AVX-512, 8 for AVX2 + FMA, 4 (one SSE or NEON register)
+// for any x86-64 or other CPU. cpu_isa() picks one at run time.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SBKERNELS_HAS_X86_ISAS 1
+template <bool SCORE, typename T>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void row_block_avx512(const RowArgs<T>& a,
+                                                                                        int64_t begin, int64_t end) {
+  row_block<16, SCORE>(a, begin, end);
+}
+template <bool SCORE, typename T>
+__attribute__((target("avx2,fma"), flatten)) void row_block_avx2(const RowArgs<T>& a, int64_t begin, int64_t end) {
+  row_block<8, SCORE>(a, begin, end);
+}
 #endif
-#define SBKERNELS_ROW_BLOCKS(NAME, SCORE, T)                                                                     \
-  SBKERNELS_CLONES void NAME(const T* base, int64_t stride, const int64_t* t, int64_t t_stride,                  \
-                             int64_t num_classes, int64_t ignore_index, float eps, float* loss, int8_t* flags,   \
-                             float* score, int64_t begin, int64_t end) {                                         \
-    row_block<SCORE, T>(base, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end); \
-  }
-SBKERNELS_ROW_BLOCKS(losses_f32, false, float)
-SBKERNELS_ROW_BLOCKS(losses_bf16, false, c10::BFloat16)
-SBKERNELS_ROW_BLOCKS(losses_f16, false, c10::Half)
-SBKERNELS_ROW_BLOCKS(stats_f32, true, float)
-SBKERNELS_ROW_BLOCKS(stats_bf16, true, c10::BFloat16)
-SBKERNELS_ROW_BLOCKS(stats_f16, true, c10::Half)
+template <bool SCORE, typename T>
+__attribute__((flatten)) void row_block_default(const RowArgs<T>& a, int64_t begin, int64_t end) {
+  row_block<4, SCORE>(a, begin, end);
+}
+
+#ifdef SBKERNELS_HAS_X86_ISAS
+// Flush-to-zero and denormals-are-zero while a row block runs (this thread only; the caller's mode comes
+// back after). A float32 result below 2**-126 (a tiny exp, or its square in the score) otherwise costs a
+// microcode assist of a hundred cycles or more on Intel CPUs; flushed, it is 0 where it would have been at
+// most 1.2e-38, next to a row sum of at least 1.
+struct FlushDenormals {
+  const unsigned saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+};
+#endif
+
+template <bool SCORE, typename T>
+void row_block_dispatch(Isa isa, const RowArgs<T>& a, int64_t begin, int64_t end) {
+#ifdef SBKERNELS_HAS_X86_ISAS
+  const FlushDenormals flush;
+  if (isa == Isa::kAvx512) return row_block_avx512<SCORE>(a, begin, end);
+  if (isa == Isa::kAvx2) return row_block_avx2<SCORE>(a, begin, end);
+#endif
+  row_block_default<SCORE>(a, begin, end);
+}
+
+// #{h < loss_i} over the history snapshot for rows [begin, end), per instruction set.
+template <int W>
+SBKERNELS_INLINE void count_block(const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin,
+                                  int64_t end) {
+  for (int64_t i = begin; i < end; ++i) out[i] = count_below<W>(h, n_hist, loss[i]);
+}
+#ifdef SBKERNELS_HAS_X86_ISAS
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void count_block_avx512(
+    const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin, int64_t end) {
+  count_block<16>(h, n_hist, loss, out, begin, end);
+}
+__attribute__((target("avx2,fma"), flatten)) void count_block_avx2(const float* h, int64_t n_hist,
+                                                                   const float* loss, int64_t* out, int64_t begin,
+                                                                   int64_t end) {
+  count_block<8>(h, n_hist, loss, out, begin, end);
+}
+#endif
+__attribute__((flatten)) void count_block_default(const float* h, int64_t n_hist, const float* loss, int64_t* out,
+                                                  int64_t begin, int64_t end) {
+  count_block<4>(h, n_hist, loss, out, begin, end);
+}
+void count_block_dispatch(Isa isa, const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin,
+                          int64_t end) {
+#ifdef SBKERNELS_HAS_X86_ISAS
+  if (isa == Isa::kAvx512) return count_block_avx512(h, n_hist, loss, out, begin, end);
+  if (isa == Isa::kAvx2) return count_block_avx2(h, n_hist, loss, out, begin, end);
+#endif
+  count_block_default(h, n_hist, loss, out, begin, end);
+}
 
 // Loss, flags and (with SCORE) score of every row of the logits, rows in parallel.
 template <bool SCORE>
 void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, float label_smoothing,
                  float* loss, int8_t* flags, float* score) {
-  const int64_t n = logits.size(0), num_classes = logits.size(1), stride = logits.stride(0);
+  TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1, "sbkernels CPU kernels take (N, C) logits with unit column stride, got sizes ",
+              logits.sizes(), " and strides ", logits.strides(), "; pass logits.contiguous()");
+  TORCH_CHECK(logits.size(1) < (int64_t{1} << 31), "sbkernels CPU kernels take fewer than 2**31 classes, got ", logits.size(1));
   const auto t64 = targets.to(at::kLong);
-  const int64_t* t = t64.const_data_ptr<int64_t>();
-  const int64_t t_stride = t64.stride(0);
-  at::parallel_for(0, n, row_grain(num_classes), [&](int64_t begin, int64_t end) {
-    // Direct calls, not through a function pointer: the call must go through the clones' resolver.
-    const float eps = label_smoothing;
-    switch (logits.scalar_type()) {
-      case at::kFloat: {
-        const float* x = logits.const_data_ptr<float>();
-        if constexpr (SCORE) {
-          stats_f32(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
-        } else {
-          losses_f32(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
-        }
-        break;
-      }
-      case at::kBFloat16: {
-        const c10::BFloat16* x = logits.const_data_ptr<c10::BFloat16>();
-        if constexpr (SCORE) {
-          stats_bf16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
-        } else {
-          losses_bf16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
-        }
-        break;
-      }
-      case at::kHalf: {
-        const c10::Half* x = logits.const_data_ptr<c10::Half>();
-        if constexpr (SCORE) {
-          stats_f16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
-        } else {
-          losses_f16(x, stride, t, t_stride, num_classes, ignore_index, eps, loss, flags, score, begin, end);
-        }
-        break;
-      }
-      default:
-        TORCH_CHECK(false, "sbkernels CPU kernels take float32, bfloat16 or float16 logits, got ",
-                    logits.scalar_type());
-    }
-  });
+  const Isa isa = active_isa();
+  const int64_t n = logits.size(0), num_classes = logits.size(1);
+  auto run = [&](auto* typed) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
+    const RowArgs<T> args{logits.const_data_ptr<T>(), logits.stride(0), t64.const_data_ptr<int64_t>(), t64.stride(0),
+                          num_classes, ignore_index, label_smoothing, loss, flags, score};
+    at::parallel_for(0, n, row_grain(num_classes),
+                     [&](int64_t begin, int64_t end) { row_block_dispatch<SCORE>(isa, args, begin, end); });
+  };
+  switch (logits.scalar_type()) {
+    case at::kFloat: return run(static_cast<const float*>(nullptr));
+    case at::kBFloat16: return run(static_cast<const c10::BFloat16*>(nullptr));
+    case at::kHalf: return run(static_cast<const c10::Half*>(nullptr));
+    default:
+      TORCH_CHECK(false, "sbkernels CPU kernels take float32, bfloat16 or float16 logits, got ", logits.scalar_type(),
+                  "; cast the logits with .float()");
+  }
 }
 
 // (loss, flags) per row from logits + targets, or from given losses (+ optional flags); flags are
@@ -167,34 +215,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   const int64_t pushed = m[kMetaPushed], seed = m[kMetaSeed], step = m[kMetaStep];
   const int64_t n_hist = std::min(pushed, size);
 
-  // #{h < loss}: a vectorizable count over the snapshot for small batches; for larger ones the snapshot is
-  // sorted once and each row binary-searches it. The buffer is reused from call to call.
-  const bool sort_snapshot = n * n_hist > 8192 && fixed_prob < 0;
-  thread_local std::vector<float> sorted;
-  if (sort_snapshot) {
-    sorted.assign(h, h + n_hist);
-    std::sort(sorted.begin(), sorted.end());
+  // #{h < loss} per row, into idx (scratch until the compaction): a W-lane count over the snapshot, or, for
+  // batches large enough to pay for it, a sort of the snapshot (reused from call to call) and a binary search
+  // per row. Either way the tasks hold ~2**20 comparisons, so small calls stay on the calling thread.
+  const bool percentile = fixed_prob < 0 && pushed >= prime && n_hist > 0;
+  if (percentile) {
+    const int64_t log_hist = 64 - __builtin_clzll(static_cast<uint64_t>(n_hist));
+    thread_local std::vector<float> sorted;
+    const bool sort_snapshot = n > 128 * log_hist;
+    if (sort_snapshot) {
+      sorted.assign(h, h + n_hist);
+      std::sort(sorted.begin(), sorted.end());
+    }
+    const int64_t work_per_row = sort_snapshot ? log_hist : n_hist;
+    const Isa isa = active_isa();
+    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 20) / work_per_row), [&](int64_t begin, int64_t end) {
+      if (sort_snapshot) {
+        for (int64_t i = begin; i < end; ++i) idx[i] = std::lower_bound(sorted.begin(), sorted.end(), l[i]) - sorted.begin();
+      } else {
+        count_block_dispatch(isa, h, n_hist, l, idx, begin, end);
+      }
+    });
   }
-  auto count_below = [&](float loss_i) -> int64_t {
-    if (sort_snapshot) return std::lower_bound(sorted.begin(), sorted.end(), loss_i) - sorted.begin();
-    int32_t below = 0;  // int32 and a float compare: the loop vectorizes
-    for (int64_t k = 0; k < n_hist; ++k) below += h[k] < loss_i ? 1 : 0;
-    return below;
-  };
   const bool priming = pushed < prime;
-  at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(n_hist, 64)), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const bool valid = f[i] == 0 && std::isfinite(l[i]);
       float prob_i;
       if (fixed_prob >= 0) {
         prob_i = static_cast<float>(fixed_prob);
-      } else if (priming) {
+      } else if (priming || n_hist == 0) {
         prob_i = 1.0f;
-      } else {
-        float pct = 1.0f;
-        if (n_hist > 0) {  // IEEE division, as everywhere
-          pct = static_cast<float>(count_below(l[i])) / static_cast<float>(n_hist);
-        }
+      } else {  // IEEE division, as everywhere
+        const float pct = static_cast<float>(idx[i]) / static_cast<float>(n_hist);
         prob_i = probability(pct, beta, beta_int, static_cast<float>(floor));
       }
       p[i] = valid ? prob_i : 0.0f;

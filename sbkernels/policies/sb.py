@@ -1,7 +1,8 @@
 """Policy "sb" (Jiang et al. 2019): keep each row with probability ``max(floor, pct ** beta)``.
 
 ``pct`` is the row's loss percentile against the state's history of recent losses (SPEC section 2). One
-fused launch on CUDA (:mod:`sbkernels.kernels.select_sb`); the PyTorch reference on CPU by default.
+fused launch on CUDA (:mod:`sbkernels.kernels.select_sb`); one native C++ call on CPU by default
+(``csrc/cpu/select_cpu.cpp``).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def select(
         prime: select everything while the history holds fewer than ``prime`` pushed losses.
         ignore_index: target value marking rows to skip.
         label_smoothing: as in ``F.cross_entropy``, in [0, 1).
-        backend: "auto" (Triton on CUDA, reference on CPU), "triton" or "reference"; default from the
+        backend: "auto" (Triton on CUDA, native C++ on CPU), "native", "triton" or "reference"; default from the
             SBKERNELS_BACKEND environment variable, else "auto".
         validate: call ``state.check()`` after the op (synchronizes) to raise on out-of-range targets; with a
             process group, also check on the host that every rank passed the same N.
