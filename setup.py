@@ -10,7 +10,13 @@ import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-CPU_SOURCES = ["csrc/sbkernels.cpp", "csrc/cpu/gather_rows_cpu.cpp", "csrc/cpu/select_cpu.cpp", "csrc/cpu/isa_cpu.cpp"]
+CPU_SOURCES = [
+    "csrc/sbkernels.cpp",
+    "csrc/cpu/gather_rows_cpu.cpp",
+    "csrc/cpu/select_cpu.cpp",
+    "csrc/cpu/isa_cpu.cpp",
+    "csrc/cpu/sample_cpu.cpp",
+]
 CUDA_SOURCES = ["csrc/cuda/gather_rows_kernel.cu", "csrc/cuda/gather_rows_cuda.cpp"]
 # No -std: torch picks the standard its headers need (C++20 on torch 2.13). -fno-trapping-math and
 # -fno-math-errno let the compiler vectorize the float selects and exps of the CPU kernels (inf and NaN keep

@@ -52,6 +52,14 @@ TORCH_LIBRARY(sbkernels, m) {
   m.def(
       "row_stats_cpu(Tensor? logits, Tensor? targets, Tensor? losses, Tensor meta, int ignore_index,"
       " float label_smoothing, int row_offset) -> (Tensor, Tensor, Tensor)");
+  // gradmatch's residuals softmax(x) - onehot(t) (N, C) float32 and the losses, natively (cpu/select_cpu.cpp).
+  m.def("residuals_cpu(Tensor logits, Tensor targets, int ignore_index) -> (Tensor, Tensor)");
+  // Native CPU body of the batch-level policies (cpu/sample_cpu.cpp): policy "keep" (param = keep),
+  // "uniform" (k rows) or "importance" (k draws). Returns (indices, count, loss, prob, weight); weight is 0
+  // except for "importance".
+  m.def(
+      "sample_rows_cpu(Tensor? logits, Tensor? targets, Tensor? losses, Tensor(a!) meta, str policy, float param,"
+      " int k, int ignore_index, int row_offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The instruction set of the native CPU kernels: "" reads it; "best", "avx512", "avx2" or "default" sets it.
   m.def("cpu_isa(str request) -> str", [](std::string request) { return sbkernels::cpu::cpu_isa(request); });
 }

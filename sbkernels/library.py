@@ -77,6 +77,21 @@ def _select_sb_cpu_fake(logits, targets, losses, flags, history, meta, *scalars)
     )
 
 
+@torch.library.register_fake(f"{NAMESPACE}::sample_rows_cpu")
+def _sample_rows_cpu_fake(logits, targets, losses, meta, policy, param, k, ignore_index, row_offset):
+    n = (logits if logits is not None else losses).shape[0]
+    device = meta.device
+    indices = torch.empty(n, dtype=torch.int64, device=device)
+    count = torch.empty((), dtype=torch.int32, device=device)
+    return indices, count, *(torch.empty(n, dtype=torch.float32, device=device) for _ in range(3))
+
+
+@torch.library.register_fake(f"{NAMESPACE}::residuals_cpu")
+def _residuals_cpu_fake(logits, targets, ignore_index):
+    n, num_classes = logits.shape
+    return logits.new_empty((n, num_classes), dtype=torch.float32), logits.new_empty(n, dtype=torch.float32)
+
+
 @torch.library.register_fake(f"{NAMESPACE}::row_stats_cpu")
 def _row_stats_cpu_fake(logits, targets, losses, meta, ignore_index, label_smoothing, row_offset):
     n = (logits if logits is not None else losses).shape[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sbkernels
-from sbkernels import reference
+from sbkernels import reference, sampling
 from sbkernels.rows import integer_beta, target_masks
 
 from .helpers import loss_tolerance, random_logits
@@ -170,6 +170,21 @@ def test_native_kernels_agree_across_instruction_sets():
         assert torch.equal(u, base[2]), isa
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_residuals_equal_the_reference(dtype, cpu_isa):
+    gen = torch.Generator().manual_seed(4)
+    logits = random_logits(53, 333, dtype, "cpu", gen)
+    targets = torch.randint(0, 333, (53,), generator=gen)
+    targets[::5] = -100
+    targets[3] = 400  # bad target: loss 0 and zero residuals, as ignored rows
+    logits[6, (int(targets[6]) + 1) % 333] = float("-inf")
+    r, loss = torch.ops.sbkernels.residuals_cpu(logits, targets, -100)
+    want_r, want_loss = reference.residuals(logits, targets)
+    torch.testing.assert_close(r, want_r, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss, want_loss, rtol=2e-6, atol=loss_tolerance(logits))
+    assert not r[targets == -100].any() and not r[3].any()
+
+
 def test_opcheck_native_ops():
     logits, targets = torch.randn(9, 5), torch.randint(0, 5, (9,))
     state = sbkernels.SelectorState(4)
@@ -178,3 +193,59 @@ def test_opcheck_native_ops():
         (logits, targets, None, None, state.history, state.meta, 2.0, 0.0, 0, -100, 0.1, -1.0, 2),
     )
     torch.library.opcheck(torch.ops.sbkernels.row_stats_cpu.default, (logits, targets, None, state.meta, -100, 0.0, 3))
+    torch.library.opcheck(torch.ops.sbkernels.residuals_cpu.default, (logits, targets, -100))
+    for policy, param, k in (("keep", 0.5, 0), ("uniform", 0.0, 4), ("importance", 0.0, 4)):
+        torch.library.opcheck(
+            torch.ops.sbkernels.sample_rows_cpu.default, (logits, targets, None, state.meta, policy, param, k, -100, 0)
+        )
+
+
+SAMPLE_CASES = [(1, 3), (37, 11), (128, 10), (257, 1000), (1000, 7)]  # (N, C)
+
+
+def reference_sampling(policy: str, loss, score, u, valid, param: float, k: int):
+    """The reference's sampling (sbkernels.sampling) on given row statistics: (indices, count, prob, weight)."""
+    if policy == "keep":
+        weight = sampling.keep_weights(loss, valid, param)
+        indices, count = sampling.sample_without_replacement(weight, u, int(param * loss.numel()))
+        return indices, count, weight / weight.sum().clamp_min(1e-30), None
+    if policy == "uniform":
+        indices, count = sampling.sample_without_replacement(valid.float(), u, k)
+        n_valid = valid.sum().clamp_min(1)
+        return indices, count, torch.where(valid, n_valid.clamp_max(k) / n_valid, 0.0), None
+    q = sampling.proportional_distribution(score, valid)
+    indices, count = sampling.sample_proportional(q, u, k)
+    n_valid = valid.sum().clamp_min(1)
+    return indices, count, q, torch.where(q > 0, 1.0 / (n_valid * q.clamp_min(1e-30)), torch.zeros_like(q))
+
+
+@pytest.mark.parametrize("policy", ["keep", "uniform", "importance"])
+@pytest.mark.parametrize("shape", SAMPLE_CASES, ids=[f"N{n}-C{c}" for n, c in SAMPLE_CASES])
+def test_native_sampling_equals_the_reference_on_its_own_row_stats(policy, shape):
+    """sample_rows_cpu (one C++ call) against sbkernels.sampling run on the native kernel's own loss, score
+    and uniforms: the same rows, probabilities, weights and counters, exactly, over consecutive calls."""
+    n, num_classes = shape
+    gen = torch.Generator().manual_seed(n + num_classes)
+    state = sbkernels.SelectorState(4, seed=n)
+    param, k = (0.3, 0) if policy == "keep" else (0.0, max(1, n // 3))
+    for _ in range(3):
+        logits = random_logits(n, num_classes, torch.bfloat16, "cpu", gen)
+        targets = torch.randint(0, num_classes, (n,), generator=gen)
+        targets[torch.rand(n, generator=gen) < 0.1] = -100
+        if n > 3:
+            targets[1] = num_classes + 1  # bad target
+            logits[2, 0] = float("nan")  # non-finite loss
+        meta = state.meta.clone()
+        loss, score, u = torch.ops.sbkernels.row_stats_cpu(logits, targets, None, meta, -100, 0.0, 0)
+        _, ignored, bad = target_masks(targets, num_classes, -100)
+        valid = ~ignored & ~bad & loss.isfinite()
+        want = reference_sampling(policy, loss, score, u, valid, param, k)
+        got = torch.ops.sbkernels.sample_rows_cpu(logits, targets, None, state.meta, policy, param, k, -100, 0)
+        assert torch.equal(got[0], want[0]) and int(got[1]) == int(want[1]), policy
+        assert torch.equal(got[2].nan_to_num(-1.0), loss.nan_to_num(-1.0))
+        assert torch.equal(got[3], want[2]), policy
+        if want[3] is not None:
+            assert torch.equal(got[4], want[3])
+        assert int(state.step) == int(meta[2]) + 1
+        assert int(state.nonfinite_count) - int(meta[3]) == int((~ignored & ~bad & ~loss.isfinite()).sum())
+        assert int(state.bad_target_count) - int(meta[4]) == int(bad.sum())

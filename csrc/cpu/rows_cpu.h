@@ -288,6 +288,23 @@ SBKERNELS_INLINE float row_sum(const T* row, int64_t num_classes) {
   return lane_sum<W>(sum);
 }
 
+// softmax(x) - onehot(target) of one row into out: exp(x_c - lse), W lanes at a time (x_c <= lse), then
+// 1 off the target.
+template <int W, typename T>
+SBKERNELS_INLINE void softmax_minus_onehot(const T* row, int64_t num_classes, int64_t target, float lse, float* out) {
+  const typename Lanes<W>::f32 shift = splat<W>(lse);
+  const int64_t whole = num_classes - num_classes % W;
+  for (int64_t c = 0; c < whole; c += W) {
+    const typename Lanes<W>::f32 e = exp_nonpositive<W>(load<W>(row + c) - shift);
+    std::memcpy(out + c, &e, sizeof(e));
+  }
+  if (whole < num_classes) {
+    const typename Lanes<W>::f32 e = exp_nonpositive<W>(load_tail<W>(row + whole, num_classes - whole, 0.0f) - shift);
+    for (int64_t c = whole; c < num_classes; ++c) out[c] = e[c - whole];
+  }
+  out[target] -= 1.0f;
+}
+
 // #{k < n_hist : history[k] < loss}, W lanes at a time (an exact integer count: the order does not matter).
 template <int W>
 SBKERNELS_INLINE int64_t count_below(const float* history, int64_t n_hist, float loss) {

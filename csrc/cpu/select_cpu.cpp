@@ -16,6 +16,7 @@
 
 #include "../slots.h"
 #include "isa_cpu.h"
+#include "ops_cpu.h"
 #include "rows_cpu.h"
 
 namespace sbkernels::cpu {
@@ -40,29 +41,36 @@ struct RowArgs {
   float label_smoothing;
   float* loss;
   int8_t* flags;  // 0 valid, 1 ignored, 2 bad target
-  float* score;   // with SCORE only
+  float* score;     // kScore only
+  float* residual;  // kResidual only: (N, C), unit stride
 };
 
-// Rows [begin, end): loss, flags and, with SCORE, the importance score. Inlined into one function per
-// instruction set below.
-template <int W, bool SCORE, typename T>
+// What a row kernel writes besides loss and flags.
+enum class RowOutput { kLoss, kScore, kResidual };
+
+// Rows [begin, end): loss, flags and, per OUT, the importance score or the residuals softmax - onehot
+// (gradmatch: rows with an ignored or bad target get loss 0 and zero residuals, as in the reference).
+// Inlined into one function per instruction set below.
+template <int W, RowOutput OUT, typename T>
 SBKERNELS_INLINE void row_block(const RowArgs<T>& a, int64_t begin, int64_t end) {
+  constexpr bool kScore = OUT == RowOutput::kScore, kResidual = OUT == RowOutput::kResidual;
   for (int64_t i = begin; i < end; ++i) {
     const int64_t target = a.targets[i * a.target_stride];
-    if (target == a.ignore_index) {
-      a.loss[i] = 0.0f, a.flags[i] = kRowIgnored;
-      if constexpr (SCORE) a.score[i] = 0.0f;
-    } else if (target < 0 || target >= a.num_classes) {
-      a.loss[i] = std::numeric_limits<float>::quiet_NaN(), a.flags[i] = kRowBadTarget;
-      if constexpr (SCORE) a.score[i] = std::numeric_limits<float>::quiet_NaN();
-    } else {
-      const T* row = a.logits + i * a.stride;
-      const T* next_row = i + 1 < end ? row + a.stride : row;
-      const RowSums sums = row_sums<W, SCORE>(row, a.num_classes, target, next_row);
-      a.loss[i] = cross_entropy<W>(row, sums.lse, target, a.num_classes, a.label_smoothing);
-      a.flags[i] = 0;
-      if constexpr (SCORE) a.score[i] = std::sqrt(sums.other * sums.other + sums.other2);
+    const bool ignored = target == a.ignore_index, bad = !ignored && (target < 0 || target >= a.num_classes);
+    if (ignored || bad) {
+      a.loss[i] = bad && !kResidual ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+      a.flags[i] = bad ? kRowBadTarget : kRowIgnored;
+      if constexpr (kScore) a.score[i] = bad ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+      if constexpr (kResidual) std::fill_n(a.residual + i * a.num_classes, a.num_classes, 0.0f);
+      continue;
     }
+    const T* row = a.logits + i * a.stride;
+    const T* next_row = i + 1 < end ? row + a.stride : row;
+    const RowSums sums = row_sums<W, kScore>(row, a.num_classes, target, next_row);
+    a.loss[i] = cross_entropy<W>(row, sums.lse, target, a.num_classes, a.label_smoothing);
+    a.flags[i] = 0;
+    if constexpr (kScore) a.score[i] = std::sqrt(sums.other * sums.other + sums.other2);
+    if constexpr (kResidual) softmax_minus_onehot<W>(row, a.num_classes, target, sums.lse, a.residual + i * a.num_classes);
   }
 }
 
@@ -70,19 +78,19 @@ SBKERNELS_INLINE void row_block(const RowArgs<T>& a, int64_t begin, int64_t end)
 // for any x86-64 or other CPU. cpu_isa() picks one at run time.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define SBKERNELS_HAS_X86_ISAS 1
-template <bool SCORE, typename T>
+template <RowOutput OUT, typename T>
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void row_block_avx512(const RowArgs<T>& a,
                                                                                         int64_t begin, int64_t end) {
-  row_block<16, SCORE>(a, begin, end);
+  row_block<16, OUT>(a, begin, end);
 }
-template <bool SCORE, typename T>
+template <RowOutput OUT, typename T>
 __attribute__((target("avx2,fma"), flatten)) void row_block_avx2(const RowArgs<T>& a, int64_t begin, int64_t end) {
-  row_block<8, SCORE>(a, begin, end);
+  row_block<8, OUT>(a, begin, end);
 }
 #endif
-template <bool SCORE, typename T>
+template <RowOutput OUT, typename T>
 __attribute__((flatten)) void row_block_default(const RowArgs<T>& a, int64_t begin, int64_t end) {
-  row_block<4, SCORE>(a, begin, end);
+  row_block<4, OUT>(a, begin, end);
 }
 
 #ifdef SBKERNELS_HAS_X86_ISAS
@@ -97,14 +105,14 @@ struct FlushDenormals {
 };
 #endif
 
-template <bool SCORE, typename T>
+template <RowOutput OUT, typename T>
 void row_block_dispatch(Isa isa, const RowArgs<T>& a, int64_t begin, int64_t end) {
 #ifdef SBKERNELS_HAS_X86_ISAS
   const FlushDenormals flush;
-  if (isa == Isa::kAvx512) return row_block_avx512<SCORE>(a, begin, end);
-  if (isa == Isa::kAvx2) return row_block_avx2<SCORE>(a, begin, end);
+  if (isa == Isa::kAvx512) return row_block_avx512<OUT>(a, begin, end);
+  if (isa == Isa::kAvx2) return row_block_avx2<OUT>(a, begin, end);
 #endif
-  row_block_default<SCORE>(a, begin, end);
+  row_block_default<OUT>(a, begin, end);
 }
 
 // #{h < loss_i} over the history snapshot for rows [begin, end), per instruction set.
@@ -137,10 +145,10 @@ void count_block_dispatch(Isa isa, const float* h, int64_t n_hist, const float* 
   count_block_default(h, n_hist, loss, out, begin, end);
 }
 
-// Loss, flags and (with SCORE) score of every row of the logits, rows in parallel.
-template <bool SCORE>
+// Loss, flags and (per OUT) score or residuals of every row of the logits, rows in parallel.
+template <RowOutput OUT>
 void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, float label_smoothing,
-                 float* loss, int8_t* flags, float* score) {
+                 float* loss, int8_t* flags, float* score, float* residual = nullptr) {
   TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1, "sbkernels CPU kernels take (N, C) logits with unit column stride, got sizes ",
               logits.sizes(), " and strides ", logits.strides(), "; pass logits.contiguous()");
   TORCH_CHECK(logits.size(1) < (int64_t{1} << 31), "sbkernels CPU kernels take fewer than 2**31 classes, got ", logits.size(1));
@@ -150,9 +158,9 @@ void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ig
   auto run = [&](auto* typed) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
     const RowArgs<T> args{logits.const_data_ptr<T>(), logits.stride(0), t64.const_data_ptr<int64_t>(), t64.stride(0),
-                          num_classes, ignore_index, label_smoothing, loss, flags, score};
+                          num_classes, ignore_index, label_smoothing, loss, flags, score, residual};
     at::parallel_for(0, n, row_grain(num_classes),
-                     [&](int64_t begin, int64_t end) { row_block_dispatch<SCORE>(isa, args, begin, end); });
+                     [&](int64_t begin, int64_t end) { row_block_dispatch<OUT>(isa, args, begin, end); });
   };
   switch (logits.scalar_type()) {
     case at::kFloat: return run(static_cast<const float*>(nullptr));
@@ -173,7 +181,7 @@ at::Tensor row_losses(const std::optional<at::Tensor>& logits, const std::option
     const int64_t n = logits->size(0);
     at::Tensor loss = at::empty({n}, logits->options().dtype(at::kFloat));
     flags_out = at::empty({n}, logits->options().dtype(at::kChar));
-    logits_rows<false>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss.data_ptr<float>(),
+    logits_rows<RowOutput::kLoss>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss.data_ptr<float>(),
                        flags_out.data_ptr<int8_t>(), nullptr);
     return loss;
   }
@@ -282,6 +290,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   return {indices, count, loss, prob};
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
     const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
     const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index, double label_smoothing,
@@ -293,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
     loss = at::empty({n}, logits->options().dtype(at::kFloat));
     score = at::empty({n}, logits->options().dtype(at::kFloat));
     at::Tensor flags = at::empty({n}, logits->options().dtype(at::kChar));
-    logits_rows<true>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss.data_ptr<float>(),
+    logits_rows<RowOutput::kScore>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss.data_ptr<float>(),
                       flags.data_ptr<int8_t>(), score.data_ptr<float>());
   } else {
     loss = losses->to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
@@ -310,11 +320,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
   return {loss, score, u};
 }
 
-}  // namespace
+// gradmatch's residuals softmax(x_i) - onehot(t_i) (N, C) float32 and the losses (both 0 for ignored rows
+// and bad targets), in one pass over the logits and one write of the residuals.
+std::tuple<at::Tensor, at::Tensor> residuals_cpu(const at::Tensor& logits, const at::Tensor& targets,
+                                                 int64_t ignore_index) {
+  const int64_t n = logits.size(0);
+  at::Tensor residual = at::empty({n, logits.size(1)}, logits.options().dtype(at::kFloat));
+  at::Tensor loss = at::empty({n}, logits.options().dtype(at::kFloat));
+  at::Tensor flags = at::empty({n}, logits.options().dtype(at::kChar));
+  logits_rows<RowOutput::kResidual>(logits, targets, ignore_index, 0.0f, loss.data_ptr<float>(),
+                                    flags.data_ptr<int8_t>(), nullptr, residual.data_ptr<float>());
+  return {residual, loss};
+}
 
 TORCH_LIBRARY_IMPL(sbkernels, CPU, m) {
   m.impl("select_sb_cpu", &select_sb_cpu);
   m.impl("row_stats_cpu", &row_stats_cpu);
+  m.impl("residuals_cpu", &residuals_cpu);
 }
 
 }  // namespace sbkernels::cpu

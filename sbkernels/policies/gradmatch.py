@@ -27,7 +27,9 @@ def _gradmatch_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     if backend == "triton":
         r, loss = launch_residual(logits=logits, targets=targets, ignore_index=ignore_index)
-    else:  # "native" too: the residuals' CPU path is the reference's torch ops
+    elif backend == "native":
+        r, loss = torch.ops.sbkernels.residuals_cpu(logits, targets, ignore_index)
+    else:
         r, loss = reference.residuals(logits, targets, ignore_index)
     _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
     loss = torch.where(bad, float("nan"), loss)

@@ -23,6 +23,10 @@ from .scored import score_rows
 def _importance_op(
     logits: Tensor, targets: Tensor, meta: Tensor, k: int, row_offset: int, ignore_index: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if backend == "native":  # the whole op in one C++ call (csrc/cpu/sample_cpu.cpp)
+        return torch.ops.sbkernels.sample_rows_cpu(
+            logits, targets, None, meta, "importance", 0.0, k, ignore_index, row_offset
+        )
     rows = score_rows(logits, targets, None, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
     q = sampling.proportional_distribution(rows.score, rows.valid)
     indices, count = sampling.sample_proportional(q, rows.u, k)

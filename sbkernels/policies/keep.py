@@ -6,6 +6,7 @@ in loss within the batch's valid rows: high-loss rows are likelier. No history.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .. import backend as backends
@@ -22,6 +23,11 @@ def _keep_op(
     logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor, keep: float, row_offset: int,
     ignore_index: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    if backend == "native":  # the whole op in one C++ call (csrc/cpu/sample_cpu.cpp)
+        out = torch.ops.sbkernels.sample_rows_cpu(
+            logits, targets, losses, meta, "keep", keep, 0, ignore_index, row_offset
+        )
+        return out[:4]
     rows = score_rows(logits, targets, losses, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
     weight = sampling.keep_weights(rows.loss, rows.valid, keep)
     indices, count = sampling.sample_without_replacement(weight, rows.u, int(keep * rows.loss.numel()))

@@ -30,6 +30,11 @@ def _uniform_op(
             logits, targets, losses, flags, history, meta, beta=1.0, floor=0.0, prime=0, ignore_index=ignore_index,
             label_smoothing=0.0, fixed_prob=rate, backend=backend,
         )  # fmt: skip
+    if backend == "native":  # the whole op in one C++ call (csrc/cpu/sample_cpu.cpp)
+        out = torch.ops.sbkernels.sample_rows_cpu(
+            logits, targets, losses, meta, "uniform", 0.0, k, ignore_index, row_offset
+        )
+        return out[:4]
     rows = score_rows(logits, targets, losses, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
     indices, count = sampling.sample_without_replacement(rows.valid.float(), rows.u, k)
     n_valid = rows.valid.sum().clamp_min(1)
