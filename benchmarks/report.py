@@ -34,8 +34,8 @@ ROTATE_BYTES = 256 << 20  # input sets cycled per shape: more than any L2 cache
 HEAVY_BYTES = 1 << 30  # logits past this: one input set, one warm-up call, at most 3 timed calls
 # Peak extra memory of each method, in float32 copies of the logits (upcast, log-softmax, their temporaries;
 # rounded up): a method runs on a shape only if that much memory is free, with MEMORY_MARGIN to spare.
-FLOAT32_COPIES = {"sbkernels": 0, "eager reference": 6, "torch.compile reference": 5, "Composer keep": 3,
-                  "naive loop": 3}  # fmt: skip
+FLOAT32_COPIES = {"sbkernels": 0, "sbkernels keep": 0, "eager reference": 6, "torch.compile reference": 5,
+                  "Composer keep": 3, "naive loop": 3}  # fmt: skip
 MEMORY_MARGIN = 3 << 30
 
 
@@ -312,10 +312,10 @@ def markdown(meta: dict, rows: list[dict], gather: list[dict]) -> str:
     if not cuda:
         lines += [
             "",
-            "On CPU the sbkernels row runs the native C++ kernels (sbkernels::select_sb_cpu, then gather_rows; the",
-            "Triton kernel is for CUDA), and includes the gather and a cursor reset: its aten-op count sees the",
-            "native ops, not their inside. CPU copy bandwidth is measured with `Tensor.copy_`, which memcpy-based",
-            "row copies can exceed.",
+            "On CPU the sbkernels rows run the native C++ kernels (select_sb_cpu or sample_rows_cpu, then",
+            "gather_rows; the Triton kernels are for CUDA) and include the gather and a cursor reset: their aten-op",
+            "count sees the native ops, not their inside. CPU copy bandwidth is measured with `Tensor.copy_`, which",
+            "memcpy-based row copies can exceed.",
         ]
     title = (
         f"Gathering half of a {gather[0]['rows'] * 2}x3x224x224 bf16 batch plus labels (sbkernels: median per "

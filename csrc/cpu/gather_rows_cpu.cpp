@@ -22,8 +22,8 @@ void gather_rows_cpu(at::TensorList sources, const at::Tensor& indices, const at
 
   const auto idx = indices.narrow(0, 0, n).to(at::kLong).contiguous();
   const int64_t* idx_ptr = idx.const_data_ptr<int64_t>();
-  const auto bad_rows = at::logical_or(idx.lt(0), idx.ge(rows));
-  const int64_t invalid = bad_rows.sum().item<int64_t>();
+  int64_t invalid = 0;  // a plain loop: small gathers should not pay for several tensor ops
+  for (int64_t r = 0; r < n; ++r) invalid += idx_ptr[r] < 0 || idx_ptr[r] >= rows;
 
   for (size_t i = 0; i < sources.size() && n > 0; ++i) {
     const auto& src = sources[i];
@@ -47,7 +47,7 @@ void gather_rows_cpu(at::TensorList sources, const at::Tensor& indices, const at
     } else {
       auto slice = out.narrow(0, offset, n);
       at::index_select_out(slice, src, 0, idx.clamp(0, std::max<int64_t>(rows - 1, 0)));
-      if (invalid > 0) slice.index_fill_(0, bad_rows.nonzero().flatten(), 0);
+      if (invalid > 0) slice.index_fill_(0, at::logical_or(idx.lt(0), idx.ge(rows)).nonzero().flatten(), 0);
     }
   }
   cur[kCursorOffset] = offset + n;

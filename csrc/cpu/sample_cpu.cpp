@@ -110,12 +110,15 @@ at::Tensor keep_weights(const ScoredRows& rows, double keep) {
   std::iota(order.begin(), order.end(), int64_t{0});
   auto key = [&](int64_t i) { return rows.valid[i] ? loss[i] : std::numeric_limits<float>::infinity(); };
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key(a) < key(b); });
-  at::Tensor rank = at::empty({n}, rows.loss.options());
-  float* r = rank.data_ptr<float>();
-  for (int64_t j = 0; j < n; ++j) r[order[j]] = static_cast<float>(j);
-  const at::Tensor n_valid = at::full({}, static_cast<float>(std::max<int64_t>(rows.n_valid, 1)), rank.options());
-  const at::Tensor weight = at::pow((rank + 0.5) / n_valid, 1.0 / keep - 1.0);
-  return at::where(valid_mask(rows), weight, at::zeros_like(weight));
+  // (rank + 0.5) / n_valid in float32, as the reference's elementwise add and division round it; pow by ATen.
+  at::Tensor base = at::empty({n}, rows.loss.options());
+  float* b = base.data_ptr<float>();
+  const float n_valid = static_cast<float>(std::max<int64_t>(rows.n_valid, 1));
+  for (int64_t j = 0; j < n; ++j) b[order[j]] = (static_cast<float>(j) + 0.5f) / n_valid;
+  at::Tensor weight = at::pow(base, 1.0 / keep - 1.0);
+  float* w = weight.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) w[i] = rows.valid[i] ? w[i] : 0.0f;
+  return weight;
 }
 
 using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -123,7 +126,12 @@ using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::T
 Outputs keep_rows(const ScoredRows& rows, double keep) {
   const at::Tensor weight = keep_weights(rows, keep);
   auto [indices, count] = sample_without_replacement(weight, rows.u, static_cast<int64_t>(keep * rows.loss.size(0)));
-  return {indices, count, rows.loss, weight / weight.sum().clamp_min(1e-30), at::zeros_like(rows.loss)};
+  const float total = std::max(weight.sum().item<float>(), 1e-30f);  // ATen's sum: the reference's rounding
+  at::Tensor prob = at::empty_like(weight);
+  const float* w = weight.const_data_ptr<float>();
+  float* p = prob.data_ptr<float>();
+  for (int64_t i = 0; i < weight.size(0); ++i) p[i] = w[i] / total;
+  return {indices, count, rows.loss, prob, at::zeros_like(rows.loss)};
 }
 
 Outputs uniform_rows(const ScoredRows& rows, int64_t k) {
