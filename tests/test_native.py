@@ -118,11 +118,22 @@ def test_native_row_stats_equal_the_reference(dtype, cpu_isa):
     torch.testing.assert_close(score, want_score, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
+def assert_same_as_float32(got, want, exact: bool) -> None:
+    assert torch.equal(got.isnan(), want.isnan())
+    if exact:
+        assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    else:
+        torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-6, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_native_kernels_widen_every_16_bit_pattern_exactly(dtype, cpu_isa):
+def test_native_kernels_widen_every_16_bit_pattern(dtype, cpu_isa):
     """All 65536 bit patterns as logits, consecutive patterns (values of one binade) sharing a row: the 16-bit
-    kernels' losses and scores are bit-equal to the float32 kernels' on ``.float()`` of the same logits, inf
-    and NaN included. (A wrong subnormal would only show where it moves a loss by a float32 ulp.)"""
+    kernels' losses and scores equal the float32 kernels' on ``.float()`` of the same logits, inf and NaN
+    included. Bit for bit for float16 (same lanes in the same order); to float32 rounding for bfloat16,
+    whose pair loads put even and odd columns in different lanes, so its sums add in another order. (A wrong
+    subnormal would only show where it moves a loss by a float32 ulp.)"""
+    exact = dtype == torch.float16
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
     patterns = bits.view(dtype)
     finite = patterns.float().isfinite()
@@ -134,14 +145,14 @@ def test_native_kernels_widen_every_16_bit_pattern_exactly(dtype, cpu_isa):
     got = torch.ops.sbkernels.row_stats_cpu(logits, targets, None, meta, -100, 0.1, 0)
     want = torch.ops.sbkernels.row_stats_cpu(logits.float(), targets, None, meta, -100, 0.1, 0)
     for g, w in zip(got, want, strict=True):
-        assert torch.equal(g.isnan(), w.isnan()) and torch.equal(g.nan_to_num(), w.nan_to_num())
+        assert_same_as_float32(g, w, exact)
     assert bool(got[0].isfinite().any())
     tail = torch.cat([values, patterns[~finite]])[255 * 257 :]  # the rest, as one more batch
     rows = tail[: tail.numel() // 257 * 257].reshape(-1, 257)
     t = torch.zeros(rows.shape[0], dtype=torch.int64)
     got = torch.ops.sbkernels.row_stats_cpu(rows, t, None, meta, -100, 0.0, 0)[0]
     want = torch.ops.sbkernels.row_stats_cpu(rows.float(), t, None, meta, -100, 0.0, 0)[0]
-    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert_same_as_float32(got, want, exact)
 
 
 def test_native_kernels_agree_across_instruction_sets():

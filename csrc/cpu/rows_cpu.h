@@ -223,52 +223,91 @@ struct RowSums {
   float other2;  // sum_{c != t} exp(x_c - m)^2 / s^2
 };
 
+// 2W consecutive logits as two W-lane float32 vectors, with each lane's column offset from the block start.
+// bfloat16 pairs come in one 32-bit load per two logits: the low half shifted up is the even column, the
+// word with its low half cleared is the odd one (an exact widening in one instruction per W logits; the
+// order of the lanes does not matter to a max or a sum).
+template <int W, typename T>
+SBKERNELS_INLINE void load_block(const T* p, typename Lanes<W>::f32& a, typename Lanes<W>::f32& b) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    typename Lanes<W>::u32 words;
+    std::memcpy(&words, p, sizeof(words));
+    a = __builtin_bit_cast(typename Lanes<W>::f32, words << 16);
+    b = __builtin_bit_cast(typename Lanes<W>::f32, words & 0xffff0000u);
+  } else {
+    a = load<W>(p);
+    b = load<W>(p + W);
+  }
+}
+template <int W, typename T>
+SBKERNELS_INLINE void block_columns(typename Lanes<W>::i32& a, typename Lanes<W>::i32& b) {
+  const typename Lanes<W>::i32 lanes = lane_index<W>();
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    a = lanes * 2;
+    b = lanes * 2 + 1;
+  } else {
+    a = lanes;
+    b = lanes + W;
+  }
+}
+
 // One row's softmax statistics in float32 math: a pass for the max, then a pass for the exps, from cache
-// (next_row: the row to prefetch meanwhile, any readable row when there is none).
-// The shift is 0 while the max is -inf, so -inf entries add exactly nothing (SPEC section 2). With SCORE the
+// (next_row: the row to prefetch meanwhile, any readable row when there is none). Both passes go by blocks
+// of 2W logits (two independent accumulators), then at most one whole W-vector and one partial one. The
+// shift is 0 while the max is -inf, so -inf entries add exactly nothing (SPEC section 2). With SCORE the
 // second pass also sums over the non-target classes, masked by column (no cancellation: 1 - p_t is never
 // formed as s - e_t), for ||softmax - onehot||_2.
 template <int W, bool SCORE, typename T>
 SBKERNELS_INLINE RowSums row_sums(const T* row, int64_t num_classes, int64_t target, const T* next_row) {
   using f32 = typename Lanes<W>::f32;
+  using i32 = typename Lanes<W>::i32;
   constexpr float kInf = std::numeric_limits<float>::infinity();
-  const int64_t whole = num_classes - num_classes % W, tail = num_classes - whole;
+  const int64_t blocks_end = num_classes - num_classes % (2 * W);
+  const int64_t rest = num_classes - blocks_end, single = rest >= W ? W : 0, tail = rest - single;
   f32 max_a = splat<W>(-kInf), max_b = splat<W>(-kInf);
-  int64_t c = 0;
-  for (; c + 2 * W <= whole; c += 2 * W) {  // two accumulators: independent dependency chains
-    const f32 a = load<W>(row + c), b = load<W>(row + c + W);
+  for (int64_t c = 0; c < blocks_end; c += 2 * W) {
+    f32 a, b;
+    load_block<W>(row + c, a, b);
     max_a = a > max_a ? a : max_a;
     max_b = b > max_b ? b : max_b;
   }
-  if (c < whole) {
-    const f32 a = load<W>(row + c);
+  if (single) {
+    const f32 a = load<W>(row + blocks_end);
     max_a = a > max_a ? a : max_a;
   }
   if (tail) {
-    const f32 b = load_tail<W>(row + whole, tail, -kInf);
+    const f32 b = load_tail<W>(row + blocks_end + single, tail, -kInf);
     max_b = b > max_b ? b : max_b;
   }
   const float m = lane_max<W>(max_a > max_b ? max_a : max_b);
   const f32 shift = splat<W>(m == -kInf ? 0.0f : m);
-  const typename Lanes<W>::i32 lanes = lane_index<W>();
+  const i32 lanes = lane_index<W>();
+  i32 columns_a, columns_b;
+  block_columns<W, T>(columns_a, columns_b);
   const int32_t t = static_cast<int32_t>(target);
   f32 s = splat<W>(0.0f), o = splat<W>(0.0f), o2 = splat<W>(0.0f);
-  auto add = [&](f32 x, int64_t column) {
+  auto add = [&](f32 x, i32 columns) {
     const f32 e = exp_nonpositive<W>(x - shift);
     s += e;
     if constexpr (SCORE) {
-      const f32 e_other = (lanes + static_cast<int32_t>(column)) == t ? splat<W>(0.0f) : e;
+      const f32 e_other = columns == t ? splat<W>(0.0f) : e;
       o += e_other;
       o2 += e_other * e_other;
     }
   };
-  for (c = 0; c < whole; c += W) {
+  for (int64_t c = 0; c < blocks_end; c += 2 * W) {
     // The exps run from cache while the next row streams in: prefetched at the pace of this pass, so
     // memory and arithmetic overlap instead of taking turns.
     __builtin_prefetch(next_row + c);
-    add(load<W>(row + c), c);
+    __builtin_prefetch(next_row + c + W);
+    f32 a, b;
+    load_block<W>(row + c, a, b);
+    const int32_t c32 = static_cast<int32_t>(c);
+    add(a, columns_a + c32);
+    add(b, columns_b + c32);
   }
-  if (tail) add(load_tail<W>(row + whole, tail, -kInf), whole);
+  if (single) add(load<W>(row + blocks_end), lanes + static_cast<int32_t>(blocks_end));
+  if (tail) add(load_tail<W>(row + blocks_end + single, tail, -kInf), lanes + static_cast<int32_t>(blocks_end + single));
   const float total = lane_sum<W>(s);
   RowSums out{shift[0] + std::log(total), 0.0f, 0.0f};
   if constexpr (SCORE) {
