@@ -93,15 +93,17 @@ SBKERNELS_INLINE typename Lanes<W>::f32 exp_nonpositive(typename Lanes<W>::f32 x
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// AVX-512 has two of the steps above as single instructions: rounding (vrndscaleps) and the 2**n scaling
-// (vscalefps, which underflows to 0 by itself), 13 instructions per 16 lanes instead of 17. The clamp
-// keeps -inf from becoming NaN (-inf - -inf) and puts every x below it at exactly 0 (2**-158 rounds to 0);
-// max(-110, NaN) is NaN, so a NaN logit still gives a NaN loss.
+// AVX-512 scales by 2**n in one instruction (vscalefps, which also underflows to 0 by itself, flushed by
+// the row loops' FTZ mode), replacing the exponent-bit arithmetic and the underflow select: 13 instructions
+// per 16 lanes instead of 17. Rounding stays the add-and-subtract trick, fused into the first multiply
+// (cheaper than vrndscaleps). The clamp keeps -inf from becoming NaN (-inf - -inf) and puts every x below
+// it at exactly 0 (2**-158 rounds to 0); max(-110, NaN) is NaN, so a NaN logit still gives a NaN loss.
 template <>
 __attribute__((target("avx512f"))) SBKERNELS_INLINE Lanes<16>::f32 exp_nonpositive<16>(Lanes<16>::f32 x) {
   const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
   const __m512 v = _mm512_max_ps(_mm512_set1_ps(-110.0f), __builtin_bit_cast(__m512, x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 magic = _mm512_set1_ps(12582912.0f);  // 1.5 * 2**23: rounds to nearest in the add
+  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(v, log2e, magic), magic);
   const __m512 f = _mm512_fmsub_ps(v, log2e, n);
   __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
