@@ -117,10 +117,32 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(compiled_state.history, eager_state.history)
 
 
+def test_torch_compile_fullgraph_runs_every_native_policy():
+    """The batch-level policies on the native CPU path (one C++ op each) under torch.compile(fullgraph=True):
+    the same rows and counters as eager. (gradmatch's OMP is torch ops whose Inductor compile takes minutes
+    on a cold cache; its native residuals op is opchecked.)"""
+    logits, targets = good_inputs(n=41, num_classes=13)
+
+    def step(lg, t, state):
+        keep = sbkernels.select_keep(lg, t, state, 0.4)
+        uniform = sbkernels.select_uniform(lg, t, state, k=9)
+        importance = sbkernels.select_importance(lg, t, state, 7)
+        return [x for sel in (keep, uniform, importance) for x in (sel.indices, sel.count)]
+
+    eager_state, compiled_state = sbkernels.SelectorState(16, seed=2), sbkernels.SelectorState(16, seed=2)
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    for _ in range(2):
+        want = step(logits, targets, eager_state)
+        got = compiled(logits, targets, compiled_state)
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+    assert torch.equal(compiled_state.meta, eager_state.meta)
+
+
 # AOTDispatcher cannot trace an interpreted kernel, so the interpreter path skips that one check; with a
 # GPU the full opcheck runs on CUDA tensors with compiled Triton (tests/test_gpu.py).
 INTERPRETER_OPCHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
-OPCHECK_CASES = [("reference", "cpu", "ALL")]
+OPCHECK_CASES = [("reference", "cpu", "ALL"), ("native", "cpu", "ALL")]
 if "cpu" in kernel_devices():
     OPCHECK_CASES.append(("triton", "cpu", INTERPRETER_OPCHECKS))
 if torch.cuda.is_available():
