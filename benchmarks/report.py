@@ -31,7 +31,8 @@ from . import baselines
 GPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (8192, 32000, "bfloat16"), (16384, 131072, "bfloat16")]
 CPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (2048, 32000, "bfloat16"), (8192, 131072, "bfloat16")]
 ROTATE_BYTES = 256 << 20  # input sets cycled per shape: more than any L2 cache
-HEAVY_BYTES = 1 << 30  # logits past this: one input set, one warm-up call, at most 3 timed calls
+HEAVY_BYTES = 1 << 30  # logits past this: one input set, one warm-up call, timed calls within HEAVY_SECONDS
+HEAVY_SECONDS = 10.0
 # Peak extra memory of each method, in float32 copies of the logits (upcast, log-softmax, their temporaries;
 # rounded up): a method runs on a shape only if that much memory is free, with MEMORY_MARGIN to spare.
 FLOAT32_COPIES = {"sbkernels": 0, "sbkernels keep": 0, "eager reference": 6, "torch.compile reference": 5,
@@ -45,11 +46,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(fn, inputs: list[tuple], device: torch.device, reps: int, warmup: int = 3) -> float:
-    """Median time of one call, cycling through ``inputs``; CUDA timed with events per call."""
+def median_seconds(
+    fn, inputs: list[tuple], device: torch.device, reps: int, warmup: int = 3, budget: float | None = None
+) -> float:
+    """Median time of one call, cycling through ``inputs``; CUDA timed with events per call. With ``budget``
+    (seconds), as many of the ``reps`` calls as fit in it after the warm-up, and at least 3."""
+    start = time.perf_counter()
     for i in range(warmup):
         fn(*inputs[i % len(inputs)])
     sync(device)
+    if budget is not None:
+        per_call = (time.perf_counter() - start) / max(warmup, 1)
+        reps = max(3, min(reps, int(budget / per_call)))
     times = []
     for i in range(reps):
         args = inputs[i % len(inputs)]
@@ -177,7 +185,7 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
         logit_bytes = n * num_classes * torch.finfo(dtype).bits // 8
         heavy = logit_bytes > HEAVY_BYTES
         sets = max(1, min(8, math.ceil(ROTATE_BYTES / logit_bytes))) if device.type == "cuda" else 2
-        sets, shape_reps, warmup = (1, min(reps, 3), 1) if heavy else (sets, reps, 3)
+        sets, warmup, budget = (1, 1, HEAVY_SECONDS) if heavy else (sets, 3, None)
         if logit_bytes * sets + MEMORY_MARGIN > free_memory(device):
             print(f"  shape N={n} C={num_classes} {dtype_name}: skipped, {logit_bytes / 2**30:.1f} GiB of logits")
             continue
@@ -191,7 +199,12 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
             for _ in range(sets)
         ]
         moved = logit_bytes + n * 8 + n * (8 + 4 + 4)
-        print(f"  shape N={n} C={num_classes} {dtype_name}: {sets} input sets, {moved / 1e6:.1f} MB per call")
+        if device.type == "cpu":  # a shared CPU's speed drifts: the copy measured next to this shape's rows
+            bandwidth = copy_bandwidth(device)
+        print(
+            f"  shape N={n} C={num_classes} {dtype_name}: {sets} input sets, {moved / 1e6:.1f} MB per call, "
+            f"copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+        )
         for name, fn in baselines.methods(n, inputs[0][2]).items():
             need = FLOAT32_COPIES[name] * n * num_classes * 4
             if need + MEMORY_MARGIN > free_memory(device):
@@ -200,10 +213,10 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
                 rows.append({"N": n, "C": num_classes, "dtype": dtype_name, "method": name, "median_us": None,
                              "skipped": f"not run: needs ~{need / 2**30:.0f} GiB, {free:.0f} GiB free"})  # fmt: skip
                 continue
-            seconds = median_seconds(fn, inputs, device, shape_reps, warmup)
+            seconds = median_seconds(fn, inputs, device, reps, warmup, budget)
             row = {
                 "N": n, "C": num_classes, "dtype": dtype_name, "method": name, "median_us": seconds * 1e6,
-                "bandwidth_fraction": moved / seconds / bandwidth,
+                "bandwidth_fraction": moved / seconds / bandwidth, "copy_GBps": bandwidth / 1e9,
             }  # fmt: skip
             if device.type == "cuda":
                 row["syncs_per_call"] = count_syncs(fn, inputs[0])
@@ -315,7 +328,12 @@ def markdown(meta: dict, rows: list[dict], gather: list[dict]) -> str:
             "On CPU the sbkernels rows run the native C++ kernels (select_sb_cpu or sample_rows_cpu, then",
             "gather_rows; the Triton kernels are for CUDA) and include the gather and a cursor reset: their aten-op",
             "count sees the native ops, not their inside. CPU copy bandwidth is measured with `Tensor.copy_`, which",
-            "memcpy-based row copies can exceed.",
+            "memcpy-based row copies can exceed. The bandwidth column divides by the copy measured right before",
+            "each shape's rows (the speed of this shared machine drifts): "
+            + ", ".join(
+                dict.fromkeys(f"{r['N']}x{r['C']}: {r['copy_GBps']:.1f} GB/s" for r in rows if "copy_GBps" in r)
+            )
+            + ".",
         ]
     title = (
         f"Gathering half of a {gather[0]['rows'] * 2}x3x224x224 bf16 batch plus labels (sbkernels: median per "
