@@ -4,6 +4,7 @@ All of them select rows by loss and gather the selected rows of an image batch, 
 same job end to end:
 
 - ``sbkernels``: ``select`` (one fused launch) + ``gather_rows`` into a preallocated buffer.
+- ``sbkernels select only``: the ``select`` call alone (what the Python call of the selection op costs).
 - ``sbkernels keep``: Composer's rule through sbkernels (``select_keep``, keep 0.5) + ``gather_rows``.
 - ``eager reference``: sbkernels' own PyTorch reference (static shapes, no sync) + ``index_select``.
 - ``torch.compile reference``: the same reference compiled by Inductor.
@@ -40,6 +41,15 @@ def make_sbkernels(n: int, images: torch.Tensor, history: int, beta: float) -> M
         cursor.narrow(0, 0, 1).zero_()  # a device-side fill: cursor[0] = 0 would be a blocking copy
         gather_rows([images], sel.indices, sel.count, [out], cursor)
         return out
+
+    return run
+
+
+def make_sbkernels_select_only(n: int, images: torch.Tensor, history: int, beta: float) -> Method:
+    state = sbkernels.SelectorState(history, seed=0, device=images.device)
+
+    def run(logits, targets, images):
+        return sbkernels.select(logits, targets, state, beta=beta)
 
     return run
 
@@ -111,6 +121,7 @@ def make_naive_loop(n: int, images: torch.Tensor, history: int, beta: float) -> 
 def methods(n: int, images: torch.Tensor, history: int = 1024, beta: float = 1.0) -> dict[str, Method]:
     return {
         "sbkernels": make_sbkernels(n, images, history, beta),
+        "sbkernels select only": make_sbkernels_select_only(n, images, history, beta),
         "sbkernels keep": make_sbkernels_keep(n, images, history),
         "eager reference": make_reference(n, images, history, beta),
         "torch.compile reference": make_reference(n, images, history, beta, compiled=True),
