@@ -33,6 +33,7 @@ CPU_SHAPES = [(128, 10, "float32"), (1024, 1000, "float32"), (2048, 32000, "bflo
 ROTATE_BYTES = 256 << 20  # input sets cycled per shape: more than any L2 cache
 HEAVY_BYTES = 1 << 30  # logits past this: one input set, one warm-up call, timed calls within HEAVY_SECONDS
 HEAVY_SECONDS = 10.0
+CPU_SECONDS = 2.0  # other shapes on CPU: timed calls within this (at least --reps): medians of many calls
 # Peak extra memory of each method, in float32 copies of the logits (upcast, log-softmax, their temporaries;
 # rounded up): a method runs on a shape only if that much memory is free, with MEMORY_MARGIN to spare.
 FLOAT32_COPIES = {"sbkernels": 0, "sbkernels select only": 0, "sbkernels keep": 0, "eager reference": 6,
@@ -47,17 +48,23 @@ def sync(device: torch.device) -> None:
 
 
 def median_seconds(
-    fn, inputs: list[tuple], device: torch.device, reps: int, warmup: int = 3, budget: float | None = None
+    fn,
+    inputs: list[tuple],
+    device: torch.device,
+    reps: int,
+    warmup: int = 3,
+    budget: float | None = None,
+    least: int = 3,
 ) -> float:
     """Median time of one call, cycling through ``inputs``; CUDA timed with events per call. With ``budget``
-    (seconds), as many of the ``reps`` calls as fit in it after the warm-up, and at least 3."""
+    (seconds): as many calls as fit in it after the warm-up, at least ``least`` and at most 100 * ``reps``."""
     start = time.perf_counter()
     for i in range(warmup):
         fn(*inputs[i % len(inputs)])
     sync(device)
     if budget is not None:
         per_call = (time.perf_counter() - start) / max(warmup, 1)
-        reps = max(3, min(reps, int(budget / per_call)))
+        reps = max(least, min(100 * reps, int(budget / per_call)))
     times = []
     for i in range(reps):
         args = inputs[i % len(inputs)]
@@ -185,7 +192,9 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
         logit_bytes = n * num_classes * torch.finfo(dtype).bits // 8
         heavy = logit_bytes > HEAVY_BYTES
         sets = max(1, min(8, math.ceil(ROTATE_BYTES / logit_bytes))) if device.type == "cuda" else 2
-        sets, warmup, budget = (1, 1, HEAVY_SECONDS) if heavy else (sets, 3, None)
+        sets, warmup, budget, least = (1, 1, HEAVY_SECONDS, 3) if heavy else (sets, 3, None, reps)
+        if device.type == "cpu" and not heavy:
+            budget = CPU_SECONDS
         if logit_bytes * sets + MEMORY_MARGIN > free_memory(device):
             print(f"  shape N={n} C={num_classes} {dtype_name}: skipped, {logit_bytes / 2**30:.1f} GiB of logits")
             continue
@@ -213,7 +222,7 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
                 rows.append({"N": n, "C": num_classes, "dtype": dtype_name, "method": name, "median_us": None,
                              "skipped": f"not run: needs ~{need / 2**30:.0f} GiB, {free:.0f} GiB free"})  # fmt: skip
                 continue
-            seconds = median_seconds(fn, inputs, device, reps, warmup, budget)
+            seconds = median_seconds(fn, inputs, device, reps, warmup, budget, least)
             row = {
                 "N": n, "C": num_classes, "dtype": dtype_name, "method": name, "median_us": seconds * 1e6,
                 "bandwidth_fraction": moved / seconds / bandwidth, "copy_GBps": bandwidth / 1e9,
@@ -367,7 +376,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--reps", type=int, default=None, help="timed calls per method (default 100 GPU, 10 CPU)")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="timed calls per method (default 100 GPU; CPU: at least 10, as many as fit in 2 s)",
+    )
     parser.add_argument("--quick", action="store_true", help="only the two small shapes and a small gather")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
