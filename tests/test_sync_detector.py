@@ -137,7 +137,7 @@ def test_allowed_waits_are_not_reported():
 
 
 # ----------------------------------------------------------------------------------- the hot paths
-BACKENDS = ["reference", *(["triton"] if "cpu" in kernel_devices() else [])]
+BACKENDS = ["reference", "native", *(["triton"] if "cpu" in kernel_devices() else [])]
 
 CALLS = {
     "select": lambda x, t, s, b: sbkernels.select(x, t, s, beta=2.0, floor=0.05, prime=4, backend=b),
