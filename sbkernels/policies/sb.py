@@ -84,23 +84,19 @@ def _select_sb_op(
     )  # fmt: skip
 
 
+def _select_sb_losses(
+    losses: Tensor, flags: Tensor | None, state: SelectorState, beta: float, floor: float, prime: int, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The "sb" op on given losses (and, for losses gathered from every rank, their flags)."""
+    return library.call(
+        "select_sb", None, None, losses, flags, state.history, state.meta, float(beta), float(floor), prime, -100,
+        0.0, backend,
+    )  # fmt: skip
+
+
 def _on_gathered(state: SelectorState, beta: float, floor: float, prime: int, backend: str) -> SelectGathered:
     """The "sb" op on losses gathered from every rank, with their flags."""
-    return lambda losses, flags: library.call(
-        "select_sb",
-        None,
-        None,
-        losses,
-        flags,
-        state.history,
-        state.meta,
-        float(beta),
-        float(floor),
-        prime,
-        -100,
-        0.0,
-        backend,
-    )
+    return lambda losses, flags: _select_sb_losses(losses, flags, state, beta, floor, prime, backend)
 
 
 def select(
@@ -181,22 +177,7 @@ def select_losses(
             losses, None, state, _on_gathered(state, beta, floor, prime, backend), ignore_index=-100,
             label_smoothing=0.0, backend=backend,
         )  # fmt: skip
-    out = library.call(
-        "select_sb",
-        None,
-        None,
-        losses,
-        None,
-        state.history,
-        state.meta,
-        float(beta),
-        float(floor),
-        prime,
-        -100,
-        0.0,
-        backend,
-    )
-    return Selection(*out)
+    return Selection(*_select_sb_losses(losses, None, state, beta, floor, prime, backend))
 
 
 class SB(Policy):
