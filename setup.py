@@ -14,6 +14,7 @@ CPU_SOURCES = [
     "csrc/sbkernels.cpp",
     "csrc/cpu/gather_rows_cpu.cpp",
     "csrc/cpu/select_cpu.cpp",
+    "csrc/cpu/draw_cpu.cpp",
     "csrc/cpu/isa_cpu.cpp",
     "csrc/cpu/sample_cpu.cpp",
 ]

@@ -12,6 +12,7 @@ Importing this module loads the compiled extension ``sbkernels._C``, which regis
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from types import ModuleType
 
@@ -27,14 +28,20 @@ except ImportError as error:  # pragma: no cover - exercised only on an unbuilt 
 
 NAMESPACE = "sbkernels"
 _implementations: dict[str, Callable] = {}
+_read_tensors: dict[str, tuple[int, ...]] = {}  # per op: positions of the tensor inputs it does not mutate
 
 
 def register_op(name: str, mutates_args: Iterable[str] = ()) -> Callable[[Callable], Callable]:
     """Register the decorated function as the op ``sbkernels::<name>`` (a ``triton_op``)."""
+    mutated = set(mutates_args)
 
     def register(implementation: Callable) -> Callable:
         _implementations[name] = implementation
-        return torch.library.triton_op(f"{NAMESPACE}::{name}", mutates_args=set(mutates_args))(implementation)
+        parameters = inspect.signature(implementation).parameters.values()
+        _read_tensors[name] = tuple(
+            i for i, p in enumerate(parameters) if "Tensor" in str(p.annotation) and p.name not in mutated
+        )
+        return torch.library.triton_op(f"{NAMESPACE}::{name}", mutates_args=mutated)(implementation)
 
     return register
 
@@ -53,10 +60,21 @@ def call(name: str, *args):
     """
     if torch.compiler.is_compiling():
         return getattr(torch.ops.sbkernels, name)(*args)
-    if not torch.is_grad_enabled():  # a scoring pass under no_grad: skip the context manager's few us
-        return _implementations[name](*args)
-    with torch.no_grad():  # as through the dispatcher: the selection ops have no autograd formula
-        return _implementations[name](*args)
+    implementation = _implementations[name]
+    # As through the dispatcher, no output takes part in autograd (the selection ops have no formula). The
+    # context manager costs a few us, so it is entered only when an input (logits, losses, features)
+    # requires grad; the state the op mutates never does.
+    if torch.is_grad_enabled() and _requires_grad(args, _read_tensors[name]):
+        with torch.no_grad():
+            return implementation(*args)
+    return implementation(*args)
+
+
+def _requires_grad(args: tuple, positions: tuple[int, ...]) -> bool:
+    for i in positions:
+        if args[i] is not None and args[i].requires_grad:
+            return True
+    return False
 
 
 def python_implementation(name: str) -> Callable | None:

@@ -172,3 +172,30 @@ def assert_backends_agree(name: str, results: dict[str, list[sbkernels.Selection
             assert int(a.count) == int(b.count)
             if name != "gradmatch":
                 assert torch.equal(a.indices.cpu(), b.indices.cpu())
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_no_output_takes_part_in_autograd(name, backend):
+    """Logits (and gradmatch's features) straight from a forward pass require grad: the selection's outputs
+    must not, and no graph may hang off them (the ops have no autograd formula)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(13, C, generator=gen) * 2).requires_grad_()
+    targets = torch.randint(0, C, (13,), generator=gen)
+    policy = POLICIES[name][0](backend)
+    if name == "gradmatch":
+        sel = policy(logits, targets, features=torch.randn(13, 5, generator=gen).requires_grad_())
+    else:
+        sel = policy(logits, targets)
+    outputs = [t for t in sel if t is not None]
+    assert not any(t.requires_grad or t.grad_fn is not None for t in outputs)
+
+
+def test_the_autograd_check_catches_outputs_with_a_graph(monkeypatch):
+    """Negative control: with the library's no_grad guard bypassed, the reference's loss carries a graph."""
+    from sbkernels import library
+
+    monkeypatch.setattr(library, "_requires_grad", lambda args, positions: False)
+    logits = torch.randn(5, C).requires_grad_()
+    sel = SB(beta=1.0, backend="reference")(logits, torch.randint(0, C, (5,)))
+    assert sel.loss.requires_grad

@@ -239,10 +239,11 @@ def test_native_sampling_equals_the_reference_on_its_own_row_stats(policy, shape
     gen = torch.Generator().manual_seed(n + num_classes)
     state = sbkernels.SelectorState(4, seed=n)
     param, k = (0.3, 0) if policy == "keep" else (0.0, max(1, n // 3))
-    for _ in range(3):
+    for call in range(3):
         logits = random_logits(n, num_classes, torch.bfloat16, "cpu", gen)
         targets = torch.randint(0, num_classes, (n,), generator=gen)
         targets[torch.rand(n, generator=gen) < 0.1] = -100
+        targets = targets.int() if call == 1 else targets  # int32 targets are widened in scratch
         if n > 3:
             targets[1] = num_classes + 1  # bad target
             logits[2, 0] = float("nan")  # non-finite loss
@@ -260,3 +261,56 @@ def test_native_sampling_equals_the_reference_on_its_own_row_stats(policy, shape
         assert int(state.step) == int(meta[2]) + 1
         assert int(state.nonfinite_count) - int(meta[3]) == int((~ignored & ~bad & ~loss.isfinite()).sum())
         assert int(state.bad_target_count) - int(meta[4]) == int(bad.sum())
+
+
+def allocated_bytes(call) -> tuple[int, int]:
+    """(bytes the ATen allocator handed out during ``call()``, bytes of what it returned), after a warm-up
+    call that lets the ops' per-thread scratch grow."""
+    call()
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+        out = call()
+    allocated = sum(e.self_cpu_memory_usage for e in prof.function_events if e.self_cpu_memory_usage > 0)
+    return allocated, sum(t.nbytes for t in out if isinstance(t, torch.Tensor))
+
+
+def native_op_calls():
+    """One call of every native op and input form, inputs built outside the call."""
+    gen = torch.Generator().manual_seed(5)
+    logits = random_logits(129, 37, torch.bfloat16, "cpu", gen)
+    targets = torch.randint(0, 37, (129,), generator=gen)
+    targets32, losses, flags = targets.int(), torch.rand(129, generator=gen), torch.zeros(129, dtype=torch.int8)
+    state = sbkernels.SelectorState(64, seed=1)
+    ops = torch.ops.sbkernels
+    calls = {
+        "select_sb logits": lambda: ops.select_sb_cpu(
+            logits, targets, None, None, state.history, state.meta, 2.0, 0.0, 0, -100, 0.1, -1.0, 2),
+        "select_sb int32 targets": lambda: ops.select_sb_cpu(
+            logits, targets32, None, None, state.history, state.meta, 1.5, 0.0, 0, -100, 0.0, -1.0, 0),
+        "select_sb losses and flags": lambda: ops.select_sb_cpu(
+            None, None, losses, flags, state.history, state.meta, 2.0, 0.0, 0, -100, 0.0, -1.0, 2),
+        "select_sb losses": lambda: ops.select_sb_cpu(
+            None, None, losses, None, state.history, state.meta, 2.0, 0.0, 0, -100, 0.0, 0.5, 2),
+        "row_stats": lambda: ops.row_stats_cpu(logits, targets32, None, state.meta, -100, 0.0, 0),
+        "residuals": lambda: ops.residuals_cpu(logits, targets, -100),
+    }  # fmt: skip
+    for policy, param, k in (("keep", 0.5, 0), ("uniform", 0.0, 40), ("importance", 0.0, 40)):
+        calls[policy] = lambda p=policy, a=param, b=k: ops.sample_rows_cpu(
+            logits, targets, None, state.meta, p, a, b, -100, 0)
+        calls[policy + " losses"] = lambda p=policy, a=param, b=k: ops.sample_rows_cpu(
+            None, None, losses, state.meta, p, a, b, -100, 0)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(native_op_calls()))
+def test_native_ops_allocate_only_their_outputs(name):
+    """Intermediates (flags, widened targets, scores, uniforms, keys, orders, sums) live in per-thread scratch
+    (csrc/cpu/scratch_cpu.h): in steady state a call allocates exactly the bytes it returns."""
+    allocated, returned = allocated_bytes(native_op_calls()[name])
+    assert allocated == returned, f"{name}: {allocated - returned} bytes beyond the outputs"
+
+
+def test_the_allocation_check_catches_a_temporary():
+    """Negative control: one float32 temporary of 129 rows inside the call is caught."""
+    select = native_op_calls()["select_sb logits"]
+    allocated, returned = allocated_bytes(lambda: (torch.empty(129).fill_(0.0).sum(), *select()))
+    assert allocated - returned == 129 * 4

@@ -4,6 +4,11 @@
 
 #include <string>
 
+// x86-64 builds compile the kernels for AVX-512 and AVX2 too; others for the baseline only.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SBKERNELS_HAS_X86_ISAS 1
+#endif
+
 namespace sbkernels::cpu {
 
 enum class Isa { kDefault, kAvx2, kAvx512 };

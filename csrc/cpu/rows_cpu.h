@@ -2,72 +2,15 @@
 // (sbkernels/kernels/common.py) and the PyTorch reference (sbkernels/reference.py).
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
+#include <algorithm>
 #include <cmath>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <type_traits>
-#include <utility>
 
-// The hot loops are inlined into functions compiled for several instruction sets (select_cpu.cpp), which
-// are "flatten"ed: everything they call is inlined there, so it is compiled for that instruction set. (Not
-// always_inline: GCC would inline the AVX-512 exp into its default-target callers first, and fail.)
-#define SBKERNELS_INLINE inline
+#include "lanes_cpu.h"
 
 namespace sbkernels::cpu {
-
-// tl.rand(seed, offset) of Triton, bit for bit: Philox4x32-10 on the counter (offset low 32 bits, offset
-// high 32 bits, 0, 0) keyed by the seed's two halves; the first output word, as int32 x, maps to
-// (x >= 0 ? x : -x - 1) * 4.6566127342e-10f (the largest float32 s with (2**31 - 1) * s < 1).
-inline float philox_uniform(int64_t seed, int64_t step, int64_t row) {
-  const uint64_t offset = (static_cast<uint64_t>(step) << 32) + static_cast<uint64_t>(row);
-  uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(static_cast<uint64_t>(seed));
-  uint32_t k1 = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const uint64_t b = uint64_t{0xCD9E8D57} * c2;
-    const uint64_t a = uint64_t{0xD2511F53} * c0;
-    const uint32_t n0 = static_cast<uint32_t>(b >> 32) ^ c1 ^ k0;
-    const uint32_t n2 = static_cast<uint32_t>(a >> 32) ^ c3 ^ k1;
-    c1 = static_cast<uint32_t>(b);
-    c3 = static_cast<uint32_t>(a);
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  const int64_t x = static_cast<int32_t>(c0);
-  const int64_t folded = x < 0 ? -x - 1 : x;
-  return static_cast<float>(folded) * 4.6566127342e-10f;
-}
-
-// The row loops work on W float32 lanes at a time in GCC's vector types, so their vectorization does not
-// hang on the auto-vectorizer: each function that inlines them is compiled for one instruction set
-// (select_cpu.cpp), where a W-lane vector is one AVX-512 (W = 16), AVX2 (W = 8) or SSE / NEON (W = 4) register.
-template <int W>
-struct Lanes {
-  typedef float f32 __attribute__((vector_size(4 * W)));
-  typedef int32_t i32 __attribute__((vector_size(4 * W)));
-  typedef uint32_t u32 __attribute__((vector_size(4 * W)));
-  typedef uint16_t u16 __attribute__((vector_size(2 * W)));
-};
-// (Free functions: GCC drops the vector attribute of these typedefs inside the class's own members.)
-template <int W>
-SBKERNELS_INLINE typename Lanes<W>::f32 splat(float x) {
-  return typename Lanes<W>::f32{} + x;
-}
-template <int W>
-SBKERNELS_INLINE typename Lanes<W>::i32 lane_index() {  // {0, 1, ..., W - 1}
-  typename Lanes<W>::i32 out;
-  for (int j = 0; j < W; ++j) out[j] = j;
-  return out;
-}
 
 // exp(x) for x <= 0 in float32, per lane: 2**(x log2 e) split into 2**n (exponent bits) times 2**f,
 // f in [-0.5, 0.5], by a degree-6 polynomial (relative error below 2e-7). x below -87 (and -inf) gives
@@ -115,109 +58,6 @@ __attribute__((target("avx512f"))) SBKERNELS_INLINE Lanes<16>::f32 exp_nonpositi
   return __builtin_bit_cast(Lanes<16>::f32, _mm512_scalef_ps(p, n));
 }
 #endif
-
-// W logits as float32. bfloat16 is the top half of a float32; float16 is widened exactly by integer
-// operations (normal, subnormal, zero, inf and NaN alike), so no F16C instruction is needed.
-template <int W>
-SBKERNELS_INLINE typename Lanes<W>::f32 load(const float* p) {
-  typename Lanes<W>::f32 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <int W>
-SBKERNELS_INLINE typename Lanes<W>::u32 load_u16(const void* p) {
-  typename Lanes<W>::u16 h;
-  std::memcpy(&h, p, sizeof(h));
-  return __builtin_convertvector(h, typename Lanes<W>::u32);
-}
-template <int W>
-SBKERNELS_INLINE typename Lanes<W>::f32 load(const c10::BFloat16* p) {
-  return __builtin_bit_cast(typename Lanes<W>::f32, load_u16<W>(p) << 16);
-}
-template <int W>
-SBKERNELS_INLINE typename Lanes<W>::f32 load(const c10::Half* p) {
-  using f32 = typename Lanes<W>::f32;
-  using u32 = typename Lanes<W>::u32;
-  const u32 h = load_u16<W>(p);
-  constexpr uint32_t kExponent = 0x7c00u << 13;  // the float16 exponent field, moved to float32's place
-  u32 o = (h & 0x7fffu) << 13;
-  const u32 exponent = o & kExponent;
-  o += (127u - 15u) << 23;  // rebias
-  o += __builtin_bit_cast(u32, exponent == kExponent) & ((128u - 16u) << 23);  // inf and NaN stay so
-  // Subnormals and zero: one more exponent step, then subtract 2**-14 as a float.
-  const f32 subnormal = __builtin_bit_cast(f32, o + (1u << 23)) - 6.103515625e-05f;
-  o = exponent == 0 ? __builtin_bit_cast(u32, subnormal) : o;
-  return __builtin_bit_cast(f32, o | ((h & 0x8000u) << 16));
-}
-
-// The last `count` (< W) logits of a row, the missing lanes set to `fill`. Lane by lane into a register: a
-// vector load from a buffer just written element by element would stall on store forwarding.
-template <int W, typename T>
-SBKERNELS_INLINE typename Lanes<W>::f32 load_tail(const T* p, int64_t count, float fill) {
-  typename Lanes<W>::f32 x = splat<W>(fill);
-  for (int j = 0; j < count; ++j) x[j] = static_cast<float>(p[j]);
-  return x;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-// AVX-512 loads the tail with a lane mask in one instruction (no element-by-element build).
-template <int W, typename T>
-  requires(W == 16)
-__attribute__((target("avx512f,avx512bw,avx512vl"))) SBKERNELS_INLINE Lanes<16>::f32 load_tail(const T* p, int64_t count,
-                                                                                             float fill) {
-  const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1u);
-  __m512 x;
-  if constexpr (std::is_same_v<T, float>) {
-    x = _mm512_maskz_loadu_ps(lanes, p);
-  } else {
-    const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
-    Lanes<16>::u16 h = __builtin_bit_cast(Lanes<16>::u16, bits);
-    Lanes<16>::f32 wide = load<16>(reinterpret_cast<const T*>(&h));
-    x = __builtin_bit_cast(__m512, wide);
-  }
-  return __builtin_bit_cast(Lanes<16>::f32, _mm512_mask_blend_ps(lanes, _mm512_set1_ps(fill), x));
-}
-#endif
-
-template <typename T>
-SBKERNELS_INLINE float to_float(T x) { return static_cast<float>(x); }
-
-// The low and high halves of a W-lane vector, as register shuffles, for reductions by halving (log2 W
-// steps, not a W-long chain). (Through memory, the accumulators would live on the stack.)
-template <int W, std::size_t... I>
-SBKERNELS_INLINE typename Lanes<W / 2>::f32 low_half(typename Lanes<W>::f32 v, std::index_sequence<I...>) {
-  return __builtin_shufflevector(v, v, I...);
-}
-template <int W, std::size_t... I>
-SBKERNELS_INLINE typename Lanes<W / 2>::f32 high_half(typename Lanes<W>::f32 v, std::index_sequence<I...>) {
-  return __builtin_shufflevector(v, v, (I + W / 2)...);
-}
-template <int W>
-SBKERNELS_INLINE void halves(typename Lanes<W>::f32 v, typename Lanes<W / 2>::f32& lo, typename Lanes<W / 2>::f32& hi) {
-  lo = low_half<W>(v, std::make_index_sequence<W / 2>());
-  hi = high_half<W>(v, std::make_index_sequence<W / 2>());
-}
-template <int W>
-SBKERNELS_INLINE float lane_sum(typename Lanes<W>::f32 v) {
-  if constexpr (W == 4) {
-    return (v[0] + v[2]) + (v[1] + v[3]);
-  } else {
-    typename Lanes<W / 2>::f32 lo, hi;
-    halves<W>(v, lo, hi);
-    return lane_sum<W / 2>(lo + hi);
-  }
-}
-template <int W>
-SBKERNELS_INLINE float lane_max(typename Lanes<W>::f32 v) {
-  if constexpr (W == 4) {
-    const float a = v[0] > v[2] ? v[0] : v[2], b = v[1] > v[3] ? v[1] : v[3];
-    return a > b ? a : b;
-  } else {
-    typename Lanes<W / 2>::f32 lo, hi;
-    halves<W>(v, lo, hi);
-    return lane_max<W / 2>(lo > hi ? lo : hi);
-  }
-}
 
 struct RowSums {
   float lse;     // logsumexp_c x_c (-inf for a row that is -inf everywhere)
@@ -344,19 +184,6 @@ SBKERNELS_INLINE void softmax_minus_onehot(const T* row, int64_t num_classes, in
     for (int64_t c = whole; c < num_classes; ++c) out[c] = e[c - whole];
   }
   out[target] -= 1.0f;
-}
-
-// #{k < n_hist : history[k] < loss}, W lanes at a time (an exact integer count: the order does not matter).
-template <int W>
-SBKERNELS_INLINE int64_t count_below(const float* history, int64_t n_hist, float loss) {
-  using i32 = typename Lanes<W>::i32;
-  i32 below{};
-  int64_t k = 0;
-  for (; k + W <= n_hist; k += W) below -= load<W>(history + k) < loss;  // true lanes are -1
-  int64_t out = 0;
-  for (int j = 0; j < W; ++j) out += below[j];
-  for (; k < n_hist; ++k) out += history[k] < loss ? 1 : 0;
-  return out;
 }
 
 // The loss of SPEC section 2 from the row's logsumexp; the smoothing term is not formed at eps = 0.

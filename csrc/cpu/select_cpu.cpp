@@ -17,7 +17,10 @@
 #include "../slots.h"
 #include "isa_cpu.h"
 #include "ops_cpu.h"
+#include "draw_cpu.h"
+#include "philox_cpu.h"
 #include "rows_cpu.h"
+#include "scratch_cpu.h"
 
 namespace sbkernels::cpu {
 namespace {
@@ -76,8 +79,7 @@ SBKERNELS_INLINE void row_block(const RowArgs<T>& a, int64_t begin, int64_t end)
 
 // The row loop compiled three times: 16 lanes for AVX-512, 8 for AVX2 + FMA, 4 (one SSE or NEON register)
 // for any x86-64 or other CPU. cpu_isa() picks one at run time.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define SBKERNELS_HAS_X86_ISAS 1
+#ifdef SBKERNELS_HAS_X86_ISAS
 template <RowOutput OUT, typename T>
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void row_block_avx512(const RowArgs<T>& a,
                                                                                         int64_t begin, int64_t end) {
@@ -115,35 +117,20 @@ void row_block_dispatch(Isa isa, const RowArgs<T>& a, int64_t begin, int64_t end
   row_block_default<OUT>(a, begin, end);
 }
 
-// #{h < loss_i} over the history snapshot for rows [begin, end), per instruction set.
-template <int W>
-SBKERNELS_INLINE void count_block(const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin,
-                                  int64_t end) {
-  for (int64_t i = begin; i < end; ++i) out[i] = count_below<W>(h, n_hist, loss[i]);
+}  // namespace
+
+std::pair<const int64_t*, int64_t> targets_int64(const at::Tensor& targets) {
+  if (targets.scalar_type() == at::kLong) return {targets.const_data_ptr<int64_t>(), targets.stride(0)};
+  TORCH_CHECK(targets.scalar_type() == at::kInt, "sbkernels CPU kernels take int64 or int32 targets, got ",
+              targets.scalar_type());
+  const int64_t n = targets.size(0), stride = targets.stride(0);
+  const int32_t* given = targets.const_data_ptr<int32_t>();
+  int64_t* wide = scratch<int64_t, Scratch::kTargets>(n);
+  for (int64_t i = 0; i < n; ++i) wide[i] = given[i * stride];
+  return {wide, 1};
 }
-#ifdef SBKERNELS_HAS_X86_ISAS
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void count_block_avx512(
-    const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin, int64_t end) {
-  count_block<16>(h, n_hist, loss, out, begin, end);
-}
-__attribute__((target("avx2,fma"), flatten)) void count_block_avx2(const float* h, int64_t n_hist,
-                                                                   const float* loss, int64_t* out, int64_t begin,
-                                                                   int64_t end) {
-  count_block<8>(h, n_hist, loss, out, begin, end);
-}
-#endif
-__attribute__((flatten)) void count_block_default(const float* h, int64_t n_hist, const float* loss, int64_t* out,
-                                                  int64_t begin, int64_t end) {
-  count_block<4>(h, n_hist, loss, out, begin, end);
-}
-void count_block_dispatch(Isa isa, const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin,
-                          int64_t end) {
-#ifdef SBKERNELS_HAS_X86_ISAS
-  if (isa == Isa::kAvx512) return count_block_avx512(h, n_hist, loss, out, begin, end);
-  if (isa == Isa::kAvx2) return count_block_avx2(h, n_hist, loss, out, begin, end);
-#endif
-  count_block_default(h, n_hist, loss, out, begin, end);
-}
+
+namespace {
 
 // Loss, flags and (per OUT) score or residuals of every row of the logits, rows in parallel.
 template <RowOutput OUT>
@@ -152,12 +139,12 @@ void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ig
   TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1, "sbkernels CPU kernels take (N, C) logits with unit column stride, got sizes ",
               logits.sizes(), " and strides ", logits.strides(), "; pass logits.contiguous()");
   TORCH_CHECK(logits.size(1) < (int64_t{1} << 31), "sbkernels CPU kernels take fewer than 2**31 classes, got ", logits.size(1));
-  const auto t64 = targets.to(at::kLong);
+  const auto [target_data, target_stride] = targets_int64(targets);
   const Isa isa = active_isa();
   const int64_t n = logits.size(0), num_classes = logits.size(1);
   auto run = [&](auto* typed) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
-    const RowArgs<T> args{logits.const_data_ptr<T>(), logits.stride(0), t64.const_data_ptr<int64_t>(), t64.stride(0),
+    const RowArgs<T> args{logits.const_data_ptr<T>(), logits.stride(0), target_data, target_stride,
                           num_classes, ignore_index, label_smoothing, loss, flags, score, residual};
     at::parallel_for(0, n, row_grain(num_classes),
                      [&](int64_t begin, int64_t end) { row_block_dispatch<OUT>(isa, args, begin, end); });
@@ -172,20 +159,31 @@ void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ig
   }
 }
 
-// (loss, flags) per row from logits + targets, or from given losses (+ optional flags); flags are
-// written into `flags_out`.
+// The loss per row from logits + targets, or from given losses (a float32 copy); `flags` points to the
+// rows' flags (computed into scratch, or the given ones; all 0 when losses come without flags).
 at::Tensor row_losses(const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
                       const std::optional<at::Tensor>& losses, const std::optional<at::Tensor>& flags,
-                      int64_t ignore_index, double label_smoothing, at::Tensor& flags_out) {
+                      int64_t ignore_index, double label_smoothing, const int8_t*& flags_out) {
   if (logits.has_value()) {
     const int64_t n = logits->size(0);
     at::Tensor loss = at::empty({n}, logits->options().dtype(at::kFloat));
-    flags_out = at::empty({n}, logits->options().dtype(at::kChar));
-    logits_rows<RowOutput::kLoss>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss.data_ptr<float>(),
-                       flags_out.data_ptr<int8_t>(), nullptr);
+    int8_t* row_flags = scratch<int8_t, Scratch::kFlags>(n);
+    logits_rows<RowOutput::kLoss>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing),
+                                  loss.data_ptr<float>(), row_flags, nullptr);
+    flags_out = row_flags;
     return loss;
   }
-  flags_out = flags.has_value() ? flags->to(at::kChar).contiguous() : at::zeros(losses->sizes(), losses->options().dtype(at::kChar));
+  const int64_t n = losses->size(0);
+  if (flags.has_value()) {
+    TORCH_CHECK(flags->scalar_type() == at::kChar && flags->is_contiguous() && flags->numel() == n,
+                "select_sb_cpu: flags must be a contiguous int8 tensor of one entry per loss (sbkernels.rows.row_flags), got ",
+                flags->scalar_type(), " of shape ", flags->sizes());
+    flags_out = flags->const_data_ptr<int8_t>();
+  } else {
+    int8_t* row_flags = scratch<int8_t, Scratch::kFlags>(n);
+    std::fill_n(row_flags, n, int8_t{0});
+    flags_out = row_flags;
+  }
   return losses->to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
 }
 
@@ -207,8 +205,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
     double fixed_prob, int64_t beta_int) {
   TORCH_CHECK(logits.has_value() != losses.has_value(), "select_sb_cpu: pass logits (with targets) or losses");
   TORCH_CHECK(history.is_contiguous() && meta.is_contiguous(), "select_sb_cpu: history and meta must be contiguous");
-  at::Tensor row_flags;
-  const at::Tensor loss = row_losses(logits, targets, losses, flags, ignore_index, label_smoothing, row_flags);
+  const int8_t* f = nullptr;
+  const at::Tensor loss = row_losses(logits, targets, losses, flags, ignore_index, label_smoothing, f);
   const int64_t n = loss.size(0), size = history.size(0);
   at::Tensor indices = at::empty({n}, loss.options().dtype(at::kLong));
   at::Tensor count = at::empty({}, loss.options().dtype(at::kInt));
@@ -217,7 +215,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   int64_t* m = meta.data_ptr<int64_t>();
   float* h = history.data_ptr<float>();
   const float* l = loss.const_data_ptr<float>();
-  const int8_t* f = row_flags.const_data_ptr<int8_t>();
   float* p = prob.data_ptr<float>();
   int64_t* idx = indices.data_ptr<int64_t>();
   const int64_t pushed = m[kMetaPushed], seed = m[kMetaSeed], step = m[kMetaStep];
@@ -226,6 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   // #{h < loss} per row, into idx (scratch until the compaction): a W-lane count over the snapshot, or, for
   // batches large enough to pay for it, a sort of the snapshot (reused from call to call) and a binary search
   // per row. Either way the tasks hold ~2**20 comparisons, so small calls stay on the calling thread.
+  const Isa isa = active_isa();
   const bool percentile = fixed_prob < 0 && pushed >= prime && n_hist > 0;
   if (percentile) {
     const int64_t log_hist = 64 - __builtin_clzll(static_cast<uint64_t>(n_hist));
@@ -236,12 +234,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
       std::sort(sorted.begin(), sorted.end());
     }
     const int64_t work_per_row = sort_snapshot ? log_hist : n_hist;
-    const Isa isa = active_isa();
     at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 20) / work_per_row), [&](int64_t begin, int64_t end) {
       if (sort_snapshot) {
         for (int64_t i = begin; i < end; ++i) idx[i] = std::lower_bound(sorted.begin(), sorted.end(), l[i]) - sorted.begin();
       } else {
-        count_block_dispatch(isa, h, n_hist, l, idx, begin, end);
+        count_below_dispatch(isa, h, n_hist, l, idx, begin, end);
       }
     });
   }
@@ -259,8 +256,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
         prob_i = probability(pct, beta, beta_int, static_cast<float>(floor));
       }
       p[i] = valid ? prob_i : 0.0f;
-      // Scratch: 1 = selected, 0 = not; compacted below.
-      idx[i] = valid && philox_uniform(seed, step, i) < p[i] ? 1 : 0;
+    }
+    // The draw; idx becomes scratch: 1 = selected, 0 = not, compacted below. u >= 0, so p = 0 is never drawn.
+    float u[256];
+    for (int64_t first = begin; first < end; first += 256) {
+      const int64_t count = std::min<int64_t>(256, end - first);
+      uniforms_dispatch(isa, seed, step, first, count, u);
+      for (int64_t j = 0; j < count; ++j) idx[first + j] = u[j] < p[first + j] ? 1 : 0;
     }
   });
 
@@ -292,31 +294,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
 
 }  // namespace
 
+void row_stats_into(const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
+                    const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index,
+                    double label_smoothing, int64_t row_offset, float* loss, float* score, float* u) {
+  TORCH_CHECK(logits.has_value() != losses.has_value(), "row_stats_cpu: pass logits (with targets) or losses");
+  const int64_t n = logits.has_value() ? logits->size(0) : losses->size(0);
+  if (logits.has_value()) {
+    logits_rows<RowOutput::kScore>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss,
+                                   scratch<int8_t, Scratch::kFlags>(n), score);
+  } else {
+    at::from_blob(loss, {n}, at::TensorOptions().dtype(at::kFloat)).copy_(*losses);  // any float dtype
+    std::fill_n(score, n, 0.0f);
+  }
+  const int64_t* m = meta.const_data_ptr<int64_t>();
+  const int64_t seed = m[kMetaSeed], step = m[kMetaStep];
+  const Isa isa = active_isa();
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    uniforms_dispatch(isa, seed, step, row_offset + begin, end - begin, u + begin);
+  });
+}
+
+namespace {
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
     const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
     const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index, double label_smoothing,
     int64_t row_offset) {
-  TORCH_CHECK(logits.has_value() != losses.has_value(), "row_stats_cpu: pass logits (with targets) or losses");
-  at::Tensor loss, score;
-  if (logits.has_value()) {
-    const int64_t n = logits->size(0);
-    loss = at::empty({n}, logits->options().dtype(at::kFloat));
-    score = at::empty({n}, logits->options().dtype(at::kFloat));
-    at::Tensor flags = at::empty({n}, logits->options().dtype(at::kChar));
-    logits_rows<RowOutput::kScore>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss.data_ptr<float>(),
-                      flags.data_ptr<int8_t>(), score.data_ptr<float>());
-  } else {
-    loss = losses->to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
-    score = at::zeros_like(loss);
-  }
-  const int64_t n = loss.size(0);
-  at::Tensor u = at::empty({n}, loss.options());
-  const int64_t* m = meta.const_data_ptr<int64_t>();
-  const int64_t seed = m[kMetaSeed], step = m[kMetaStep];
-  float* out = u.data_ptr<float>();
-  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = philox_uniform(seed, step, row_offset + i);
-  });
+  const at::Tensor& source = logits.has_value() ? *logits : *losses;
+  const at::TensorOptions options = source.options().dtype(at::kFloat);
+  at::Tensor loss = at::empty({source.size(0)}, options), score = at::empty_like(loss), u = at::empty_like(loss);
+  row_stats_into(logits, targets, losses, meta, ignore_index, label_smoothing, row_offset, loss.data_ptr<float>(),
+                 score.data_ptr<float>(), u.data_ptr<float>());
   return {loss, score, u};
 }
 
@@ -327,11 +335,12 @@ std::tuple<at::Tensor, at::Tensor> residuals_cpu(const at::Tensor& logits, const
   const int64_t n = logits.size(0);
   at::Tensor residual = at::empty({n, logits.size(1)}, logits.options().dtype(at::kFloat));
   at::Tensor loss = at::empty({n}, logits.options().dtype(at::kFloat));
-  at::Tensor flags = at::empty({n}, logits.options().dtype(at::kChar));
   logits_rows<RowOutput::kResidual>(logits, targets, ignore_index, 0.0f, loss.data_ptr<float>(),
-                                    flags.data_ptr<int8_t>(), nullptr, residual.data_ptr<float>());
+                                    scratch<int8_t, Scratch::kFlags>(n), nullptr, residual.data_ptr<float>());
   return {residual, loss};
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(sbkernels, CPU, m) {
   m.impl("select_sb_cpu", &select_sb_cpu);
