@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import sbkernels
+from sbkernels.distributed import release_collective_tensors
 
 from .report import git_commit
 
@@ -98,6 +99,7 @@ def _rank(rank: int, world: int, store: str, out: str, calls: int) -> None:
     result = {"select": select_costs(rank, world, calls), "lag": [step_lag(rank, world, lag) for lag in (0, 1, 2, 4)]}
     torch.save(result, Path(out) / f"rank{rank}.pt")
     dist.barrier()
+    release_collective_tensors()
     dist.destroy_process_group()
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import sbkernels
 from examples.demo.data import load_dataset
 from examples.demo.training import evaluate, make_model
+from sbkernels.distributed import release_collective_tensors
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         equal = len({int(c[0]) for c in everyone}) == 1
         print(f"{time.perf_counter() - start:.1f} s; optimizer steps equal on every rank: {equal}")
     dist.barrier()  # every rank done with every collective before the group goes
+    release_collective_tensors()  # else torch's gloo teardown can deadlock (see there)
     dist.destroy_process_group()
     return summary
 

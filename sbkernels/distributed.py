@@ -20,6 +20,8 @@ communication; their Philox draws use the rank's global row numbers (``row_offse
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -117,3 +119,22 @@ def global_selection(
     chosen.scatter_(0, torch.where(indices >= 0, indices, total), True)
     local_indices, local_count = compact(chosen[rank * n : (rank + 1) * n])
     return Selection(local_indices, local_count, loss, prob[rank * n : (rank + 1) * n].clone(), None)
+
+
+def release_collective_tensors(group: dist.ProcessGroup | None = None) -> None:
+    """Call on every rank of a gloo group right before ``dist.destroy_process_group()``: it cannot deadlock then.
+
+    torch's gloo backend frees a finished collective's tensors on its worker thread, which takes the GIL for
+    that; destroying the group joins that thread while holding the GIL. If the group goes while the worker is
+    still freeing the last collectives' tensors, each waits for the other forever (examples/ddp_train.py hung
+    so in about 1 of 15 runs on CPU; gdb showed ``~ProcessGroupGloo`` in ``thread.join`` and the
+    ``pt_gloo_runloop`` thread in ``take_gil`` under ``~AsyncBarrierWork``). This runs one more collective and
+    waits, GIL released, until the worker has let go of its tensor. The worker runs collectives in order, so
+    every earlier one's tensors are freed by then.
+    """
+    probe = torch.zeros(1)
+    dist.all_reduce(probe, group=group)
+    released = weakref.ref(probe)  # a tensor's Python object lives while C++ (the worker's work) holds it
+    del probe
+    while released() is not None:
+        time.sleep(0.001)

@@ -12,6 +12,7 @@ import copy
 import os
 import time
 import traceback
+import weakref
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import sbkernels
 from sbkernels import SB, Keep, SelectiveBackprop, Uniform
+from sbkernels.distributed import release_collective_tensors
 
 from .helpers import LateReadbacks
 from .sync_detector import SyncDetector
@@ -68,6 +70,7 @@ def _rank_main(program: str, rank: int, world: int, store: str, out: str, kwargs
         )
         result = globals()[program](rank, world, **kwargs)
         torch.save(result, Path(out) / f"rank{rank}.pt")
+        release_collective_tensors()
         dist.destroy_process_group()
     except BaseException:
         Path(out, f"rank{rank}.error").write_text(traceback.format_exc())
@@ -285,6 +288,24 @@ def distributed_paths_never_sync(rank: int, world: int) -> dict:
         assert "host read" in found[(backend, False)], found
     Uniform(k=3)  # the fixed-count policies need no group argument
     return {"found": {f"{b}-{'late' if late else 'immediate'}": k for (b, late), k in found.items()}}
+
+
+def collective_tensors_released(rank: int, world: int) -> dict:
+    """release_collective_tensors: the tensors of the collectives before it are freed when it returns, and
+    the check sees a tensor that a collective's work object (kept alive here) still holds."""
+    finished = torch.ones(3)
+    dist.all_gather_into_tensor(torch.empty(3 * world), finished)
+    dist.barrier()  # a barrier keeps the collectives before it until the barrier itself is freed
+    finished_ref = weakref.ref(finished)
+    held = torch.ones(3)
+    work = dist.all_reduce(held, async_op=True)
+    work.wait()
+    held_ref = weakref.ref(held)
+    del finished, held
+    release_collective_tensors()
+    out = {"finished released": finished_ref() is None, "held by a work": held_ref() is not None}
+    del work
+    return out
 
 
 def unequal_collectives(rank: int, world: int) -> None:

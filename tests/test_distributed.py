@@ -48,6 +48,12 @@ def test_a_hang_fails_within_the_time_limit(tmp_path):
         run_ranks("unequal_collectives", 2, tmp_path, timeout=20)
 
 
+def test_collective_tensors_are_released_before_the_group_goes(tmp_path):
+    """The guard against torch's gloo teardown deadlock (sbkernels.distributed.release_collective_tensors)."""
+    for result in run_ranks("collective_tensors_released", 2, tmp_path, timeout=120):
+        assert result == {"finished released": True, "held by a work": True}
+
+
 def test_the_torchrun_example_trains_with_equal_steps():
     """examples/ddp_train.py as a user runs it: torchrun, 2 CPU ranks, gloo."""
     import subprocess

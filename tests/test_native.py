@@ -295,9 +295,11 @@ def native_op_calls():
     }  # fmt: skip
     for policy, param, k in (("keep", 0.5, 0), ("uniform", 0.0, 40), ("importance", 0.0, 40)):
         calls[policy] = lambda p=policy, a=param, b=k: ops.sample_rows_cpu(
-            logits, targets, None, state.meta, p, a, b, -100, 0)
+            logits, targets, None, state.meta, p, a, b, -100, 0
+        )
         calls[policy + " losses"] = lambda p=policy, a=param, b=k: ops.sample_rows_cpu(
-            None, None, losses, state.meta, p, a, b, -100, 0)
+            None, None, losses, state.meta, p, a, b, -100, 0
+        )
     return calls
 
 
