@@ -23,6 +23,8 @@ PyObject* PyInit__C(void) {
       {"META_SIZE_MISMATCH", kMetaSizeMismatch}, {"META_SIZE", kMetaSize},           {"CURSOR_OFFSET", kCursorOffset},
       {"CURSOR_OVERFLOW", kCursorOverflow}, {"CURSOR_INVALID", kCursorInvalid},
       {"CURSOR_TICKET", kCursorTicket},   {"CURSOR_SIZE", kCursorSize},
+      {"ROW_VALID", kRowValid},           {"ROW_IGNORED", kRowIgnored},
+      {"ROW_BAD_TARGET", kRowBadTarget},
   };
   for (const auto& [name, value] : slots) {
     if (PyModule_AddIntConstant(module, name, static_cast<long>(value)) != 0) {

@@ -1,5 +1,5 @@
-// Slot numbers of the two small int64 device tensors every op reads and advances, named once for C++,
-// Python and Triton: the extension exports them as module constants of sbkernels._C, which
+// Slot numbers of the two small int64 device tensors every op reads and advances, and the per-row flag
+// values, named once for C++, Python and Triton: the extension exports them as module constants of sbkernels._C, which
 // sbkernels/slots.py reads and kernels/common.py turns into Triton constexprs.
 #pragma once
 
@@ -23,5 +23,10 @@ constexpr int64_t kCursorOverflow = 1;   // rows that did not fit below the outp
 constexpr int64_t kCursorInvalid = 2;    // indices outside [0, N) (their slots zero-filled)
 constexpr int64_t kCursorTicket = 3;     // CUDA kernel scratch: blocks finished; 0 between launches
 constexpr int64_t kCursorSize = 4;
+
+// Per-row flags (int8): why a row may not be selected, before its loss is known.
+constexpr int64_t kRowValid = 0;
+constexpr int64_t kRowIgnored = 1;    // target == ignore_index
+constexpr int64_t kRowBadTarget = 2;  // target outside [0, C)
 
 }  // namespace sbkernels

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .slots import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_STEP
+from .slots import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_STEP, ROW_BAD_TARGET, ROW_IGNORED
 
 
 def target_masks(targets: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -21,9 +21,6 @@ def target_masks(targets: Tensor, num_classes: int, ignore_index: int) -> tuple[
     t = targets.long()
     ignored = t == ignore_index
     return t, ignored, ~ignored & ((t < 0) | (t >= num_classes))
-
-
-ROW_VALID, ROW_IGNORED, ROW_BAD_TARGET = 0, 1, 2
 
 
 def row_flags(ignored: Tensor, bad: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""Slot numbers of ``SelectorState.meta`` and of the gather cursor, named once in ``csrc/slots.h``.
+"""Slot numbers of ``SelectorState.meta`` and of the gather cursor, and the row flags, named once in
+``csrc/slots.h``.
 
 The compiled extension exports them (``sbkernels._C``); Python code uses these names and the Triton
 kernels the constexprs of ``kernels/common.py``, so no slot is ever written as a bare number.
@@ -24,3 +25,7 @@ CURSOR_OVERFLOW: int = _C.CURSOR_OVERFLOW  # rows that did not fit (never writte
 CURSOR_INVALID: int = _C.CURSOR_INVALID  # indices outside [0, N) (zero-filled slots)
 CURSOR_TICKET: int = _C.CURSOR_TICKET  # CUDA kernel scratch, 0 between launches
 CURSOR_SIZE: int = _C.CURSOR_SIZE
+
+ROW_VALID: int = _C.ROW_VALID  # a row that may be selected (if its loss is finite)
+ROW_IGNORED: int = _C.ROW_IGNORED  # target == ignore_index
+ROW_BAD_TARGET: int = _C.ROW_BAD_TARGET  # target outside [0, C)

@@ -43,26 +43,17 @@ ScoredRows score_rows(const std::optional<at::Tensor>& logits, const std::option
   const int64_t n = source.size(0);
   ScoredRows rows{at::empty({n}, source.options().dtype(at::kFloat)), scratch<float, Scratch::kScore>(n),
                   scratch<float, Scratch::kUniform>(n), nullptr, n, 0};
+  int8_t* flags = scratch<int8_t, Scratch::kFlags>(n);
   row_stats_into(logits, targets, losses, meta, ignore_index, 0.0, row_offset, rows.loss.data_ptr<float>(),
-                 const_cast<float*>(rows.score), const_cast<float*>(rows.u));
+                 const_cast<float*>(rows.score), const_cast<float*>(rows.u), flags);
   const float* loss = rows.loss.const_data_ptr<float>();
   uint8_t* valid = scratch<uint8_t, Scratch::kValid>(n);
-  const int64_t* tp = nullptr;
-  int64_t t_stride = 0;
-  if (targets.has_value()) std::tie(tp, t_stride) = targets_int64(*targets);
-  const int64_t num_classes = logits.has_value() ? logits->size(1) : 0;
   int64_t nonfinite = 0, bad = 0;
   for (int64_t i = 0; i < n; ++i) {
-    bool usable = true;
-    if (tp != nullptr) {
-      const int64_t t = tp[i * t_stride];
-      const bool ignored = t == ignore_index, out_of_range = !ignored && (t < 0 || t >= num_classes);
-      usable = !ignored && !out_of_range;
-      bad += out_of_range;
-    }
-    const bool finite = std::isfinite(loss[i]);
+    const bool usable = flags[i] == kRowValid, finite = std::isfinite(loss[i]);
     valid[i] = usable && finite;
     nonfinite += usable && !finite;
+    bad += flags[i] == kRowBadTarget;
     rows.n_valid += valid[i];
   }
   rows.valid = valid;

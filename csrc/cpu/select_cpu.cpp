@@ -25,8 +25,6 @@
 namespace sbkernels::cpu {
 namespace {
 
-constexpr int8_t kRowIgnored = 1;  // sbkernels.rows.ROW_IGNORED
-constexpr int8_t kRowBadTarget = 2;  // sbkernels.rows.ROW_BAD_TARGET
 constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop runs on the calling thread
 
 // Rows per parallel task: enough logits per task that small batches stay on one thread.
@@ -62,7 +60,7 @@ SBKERNELS_INLINE void row_block(const RowArgs<T>& a, int64_t begin, int64_t end)
     const bool ignored = target == a.ignore_index, bad = !ignored && (target < 0 || target >= a.num_classes);
     if (ignored || bad) {
       a.loss[i] = bad && !kResidual ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
-      a.flags[i] = bad ? kRowBadTarget : kRowIgnored;
+      a.flags[i] = static_cast<int8_t>(bad ? kRowBadTarget : kRowIgnored);
       if constexpr (kScore) a.score[i] = bad ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
       if constexpr (kResidual) std::fill_n(a.residual + i * a.num_classes, a.num_classes, 0.0f);
       continue;
@@ -71,7 +69,7 @@ SBKERNELS_INLINE void row_block(const RowArgs<T>& a, int64_t begin, int64_t end)
     const T* next_row = i + 1 < end ? row + a.stride : row;
     const RowSums sums = row_sums<W, kScore>(row, a.num_classes, target, next_row);
     a.loss[i] = cross_entropy<W>(row, sums.lse, target, a.num_classes, a.label_smoothing);
-    a.flags[i] = 0;
+    a.flags[i] = kRowValid;
     if constexpr (kScore) a.score[i] = std::sqrt(sums.other * sums.other + sums.other2);
     if constexpr (kResidual) softmax_minus_onehot<W>(row, a.num_classes, target, sums.lse, a.residual + i * a.num_classes);
   }
@@ -117,8 +115,8 @@ void row_block_dispatch(Isa isa, const RowArgs<T>& a, int64_t begin, int64_t end
   row_block_default<OUT>(a, begin, end);
 }
 
-}  // namespace
-
+// (N,) targets as int64 values and their stride in elements: int64 targets as they are, int32 ones widened
+// into this thread's scratch.
 std::pair<const int64_t*, int64_t> targets_int64(const at::Tensor& targets) {
   if (targets.scalar_type() == at::kLong) return {targets.const_data_ptr<int64_t>(), targets.stride(0)};
   TORCH_CHECK(targets.scalar_type() == at::kInt, "sbkernels CPU kernels take int64 or int32 targets, got ",
@@ -129,8 +127,6 @@ std::pair<const int64_t*, int64_t> targets_int64(const at::Tensor& targets) {
   for (int64_t i = 0; i < n; ++i) wide[i] = given[i * stride];
   return {wide, 1};
 }
-
-namespace {
 
 // Loss, flags and (per OUT) score or residuals of every row of the logits, rows in parallel.
 template <RowOutput OUT>
@@ -245,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   const bool priming = pushed < prime;
   at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const bool valid = f[i] == 0 && std::isfinite(l[i]);
+      const bool valid = f[i] == kRowValid && std::isfinite(l[i]);
       float prob_i;
       if (fixed_prob >= 0) {
         prob_i = static_cast<float>(fixed_prob);
@@ -269,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   // Compaction, history push and counters: one sequential scan in row order.
   int64_t selected = 0, total_valid = 0, nonfinite = 0, bad = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const bool usable = f[i] == 0, finite = std::isfinite(l[i]);
+    const bool usable = f[i] == kRowValid, finite = std::isfinite(l[i]);
     total_valid += usable && finite;
     nonfinite += usable && !finite;
     bad += f[i] == kRowBadTarget;
@@ -278,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   int64_t rank = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (idx[i]) idx[selected++] = i;  // selected <= i: in place, order kept
-    if (f[i] == 0 && std::isfinite(l[i])) {
+    if (f[i] == kRowValid && std::isfinite(l[i])) {
       if (rank >= first_push) h[(pushed + rank) % size] = l[i];
       ++rank;
     }
@@ -296,15 +292,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
 
 void row_stats_into(const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
                     const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index,
-                    double label_smoothing, int64_t row_offset, float* loss, float* score, float* u) {
+                    double label_smoothing, int64_t row_offset, float* loss, float* score, float* u, int8_t* flags) {
   TORCH_CHECK(logits.has_value() != losses.has_value(), "row_stats_cpu: pass logits (with targets) or losses");
   const int64_t n = logits.has_value() ? logits->size(0) : losses->size(0);
   if (logits.has_value()) {
     logits_rows<RowOutput::kScore>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss,
-                                   scratch<int8_t, Scratch::kFlags>(n), score);
+                                   flags, score);
   } else {
     at::from_blob(loss, {n}, at::TensorOptions().dtype(at::kFloat)).copy_(*losses);  // any float dtype
     std::fill_n(score, n, 0.0f);
+    std::fill_n(flags, n, static_cast<int8_t>(kRowValid));
   }
   const int64_t* m = meta.const_data_ptr<int64_t>();
   const int64_t seed = m[kMetaSeed], step = m[kMetaStep];
@@ -324,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
   const at::TensorOptions options = source.options().dtype(at::kFloat);
   at::Tensor loss = at::empty({source.size(0)}, options), score = at::empty_like(loss), u = at::empty_like(loss);
   row_stats_into(logits, targets, losses, meta, ignore_index, label_smoothing, row_offset, loss.data_ptr<float>(),
-                 score.data_ptr<float>(), u.data_ptr<float>());
+                 score.data_ptr<float>(), u.data_ptr<float>(), scratch<int8_t, Scratch::kFlags>(source.size(0)));
   return {loss, score, u};
 }
 
