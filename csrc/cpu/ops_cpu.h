@@ -11,7 +11,8 @@ namespace sbkernels::cpu {
 
 // Per row: loss, importance score ||softmax - onehot||_2 and the Philox uniform tl.rand(seed, (step << 32) +
 // row_offset + i), from logits + targets or from given losses (score 0), into loss, score and u (N floats
-// each), and the row flags of slots.h into flags (all valid for losses). Reads meta, does not advance it.
+// each; score may be nullptr: not computed), and the row flags of slots.h into flags (all valid for
+// losses). Reads meta, does not advance it.
 // (The body of sbkernels::row_stats_cpu.)
 void row_stats_into(const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
                     const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index,

@@ -29,20 +29,22 @@ at::Tensor float_view(float* data, int64_t n) { return at::from_blob(data, {n}, 
 
 struct ScoredRows {
   at::Tensor loss;  // an output
-  const float* score;  // scratch
+  const float* score;  // scratch (importance only, else nullptr)
   const float* u;      // scratch
   const uint8_t* valid;  // scratch: not ignored, target in range, finite loss
   int64_t n = 0, n_valid = 0;
 };
 
-// The scoring pass, then step + 1 and the error counts (sbkernels.policies.scored.score_rows).
+// The scoring pass (the importance score only when with_score), then step + 1 and the error counts
+// (sbkernels.policies.scored.score_rows).
 ScoredRows score_rows(const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
                       const std::optional<at::Tensor>& losses, at::Tensor& meta, int64_t ignore_index,
-                      int64_t row_offset) {
+                      int64_t row_offset, bool with_score) {
   const at::Tensor& source = logits.has_value() ? *logits : *losses;
   const int64_t n = source.size(0);
-  ScoredRows rows{at::empty({n}, source.options().dtype(at::kFloat)), scratch<float, Scratch::kScore>(n),
-                  scratch<float, Scratch::kUniform>(n), nullptr, n, 0};
+  ScoredRows rows{at::empty({n}, source.options().dtype(at::kFloat)),
+                  with_score ? scratch<float, Scratch::kScore>(n) : nullptr, scratch<float, Scratch::kUniform>(n),
+                  nullptr, n, 0};
   int8_t* flags = scratch<int8_t, Scratch::kFlags>(n);
   row_stats_into(logits, targets, losses, meta, ignore_index, 0.0, row_offset, rows.loss.data_ptr<float>(),
                  const_cast<float*>(rows.score), const_cast<float*>(rows.u), flags);
@@ -204,7 +206,7 @@ Outputs sample_rows_cpu(const std::optional<at::Tensor>& logits, const std::opti
                         double param, int64_t k, int64_t ignore_index, int64_t row_offset) {
   TORCH_CHECK(policy == "keep" || policy == "uniform" || policy == "importance",
               "sample_rows_cpu: policy must be \"keep\", \"uniform\" or \"importance\", got \"", policy, "\"");
-  const ScoredRows rows = score_rows(logits, targets, losses, meta, ignore_index, row_offset);
+  const ScoredRows rows = score_rows(logits, targets, losses, meta, ignore_index, row_offset, policy == "importance");
   if (policy == "keep") return keep_rows(rows, param);
   if (policy == "uniform") return uniform_rows(rows, k);
   return importance_rows(rows, k);
