@@ -85,6 +85,17 @@ float aten_sum(const float* data, int64_t n) {
   return *total.const_data_ptr<float>();
 }
 
+// A float's order as an unsigned integer (-0 and +0 equal; the result's top 32 bits) packed above a row index:
+// sorting these sorts by the float, equal floats by row, with plain integer compares. descending flips the
+// float's order, not the row's.
+uint64_t sort_key(float x, int64_t row, bool descending = false) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, x + 0.0f);  // -0 + 0 = +0
+  uint32_t ordered = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+  if (descending) ordered = ~ordered;
+  return (uint64_t{ordered} << 32) | static_cast<uint32_t>(row);
+}
+uint32_t sort_key_row(uint64_t key) { return static_cast<uint32_t>(key); }
+
 // k rows without replacement, proportional to `weight` (sbkernels.sampling.sample_without_replacement):
 // the k largest keys log(u_i) / w_i; rows of weight 0 are never drawn.
 std::tuple<at::Tensor, at::Tensor> sample_without_replacement(const float* w, const float* u, int64_t n, int64_t k,
@@ -95,13 +106,13 @@ std::tuple<at::Tensor, at::Tensor> sample_without_replacement(const float* w, co
   for (int64_t i = 0; i < n; ++i) {
     keys[i] = w[i] > 0.0f ? keys[i] / std::max(w[i], 1e-30f) : -std::numeric_limits<float>::infinity();
   }
-  int64_t* order = scratch<int64_t, Scratch::kOrder>(n);
-  std::iota(order, order + n, int64_t{0});
+  uint64_t* order = scratch<uint64_t, Scratch::kOrder>(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = sort_key(keys[i], i, /*descending=*/true);
   const int64_t top = std::min(k, n);
-  std::nth_element(order, order + top, order + n, [&](int64_t a, int64_t b) { return keys[a] > keys[b]; });
+  std::nth_element(order, order + top, order + n);  // the top keys first (ties: never among usable rows)
   uint8_t* chosen = scratch<uint8_t, Scratch::kChosen>(n);
   std::fill_n(chosen, n, uint8_t{0});
-  for (int64_t j = 0; j < top; ++j) chosen[order[j]] = w[order[j]] > 0.0f;
+  for (int64_t j = 0; j < top; ++j) chosen[sort_key_row(order[j])] = w[sort_key_row(order[j])] > 0.0f;
   return compact(chosen, n, options);
 }
 
@@ -110,14 +121,13 @@ std::tuple<at::Tensor, at::Tensor> sample_without_replacement(const float* w, co
 const float* keep_weights(const ScoredRows& rows, double keep) {
   const int64_t n = rows.n;
   const float* loss = rows.loss.const_data_ptr<float>();
-  int64_t* order = scratch<int64_t, Scratch::kOrder>(n);
-  std::iota(order, order + n, int64_t{0});
-  auto key = [&](int64_t i) { return rows.valid[i] ? loss[i] : std::numeric_limits<float>::infinity(); };
-  std::stable_sort(order, order + n, [&](int64_t a, int64_t b) { return key(a) < key(b); });
+  uint64_t* order = scratch<uint64_t, Scratch::kOrder>(n);  // by loss, ties by row: the reference's stable argsort
+  for (int64_t i = 0; i < n; ++i) order[i] = sort_key(rows.valid[i] ? loss[i] : std::numeric_limits<float>::infinity(), i);
+  std::sort(order, order + n);
   // (rank + 0.5) / n_valid in float32, as the reference's elementwise add and division round it; pow by ATen.
   float* base = scratch<float, Scratch::kWork>(n);
   const float n_valid = static_cast<float>(std::max<int64_t>(rows.n_valid, 1));
-  for (int64_t j = 0; j < n; ++j) base[order[j]] = (static_cast<float>(j) + 0.5f) / n_valid;
+  for (int64_t j = 0; j < n; ++j) base[sort_key_row(order[j])] = (static_cast<float>(j) + 0.5f) / n_valid;
   float* weight = scratch<float, Scratch::kWeight>(n);
   at::Tensor weight_view = float_view(weight, n);
   at::pow_out(weight_view, float_view(base, n), 1.0 / keep - 1.0);
