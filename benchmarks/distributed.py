@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 import sbkernels
 from sbkernels.distributed import release_collective_tensors
 
-from .report import git_commit
+from .measure import git_commit
 
 SHAPES = [(128, 10), (1024, 10), (1024, 1000)]
 

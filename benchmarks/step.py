@@ -23,7 +23,7 @@ from torch import nn
 
 import sbkernels
 
-from .report import device_name, git_commit, slug
+from .measure import device_name, git_commit, slug
 
 
 class BasicBlock(nn.Module):

@@ -126,37 +126,30 @@ SBKERNELS_INLINE void halves(V v, H& lo, H& hi) {
   lo = low_half(v, std::make_index_sequence<W / 2>());
   hi = high_half(v, std::make_index_sequence<W / 2>());
 }
-// The sum of the W integer lanes of v.
-template <int W>
-SBKERNELS_INLINE int64_t lane_total(typename Lanes<W>::i32 v) {
-  if constexpr (W == 4) {
-    return static_cast<int64_t>(v[0] + v[2]) + static_cast<int64_t>(v[1] + v[3]);
+// The W lanes of v (float or integer) folded by halves with combine (log2 W steps: lane j meets lane
+// j + W/2, and so on down to one lane).
+template <int W, typename V, typename Combine>
+SBKERNELS_INLINE auto lane_fold(V v, Combine combine) {
+  if constexpr (W == 1) {
+    return v[0];
   } else {
-    typename Lanes<W / 2>::i32 lo, hi;
+    decltype(low_half(v, std::make_index_sequence<W / 2>())) lo, hi;
     halves<W>(v, lo, hi);
-    return lane_total<W / 2>(lo + hi);
+    return lane_fold<W / 2>(combine(lo, hi), combine);
   }
 }
 template <int W>
 SBKERNELS_INLINE float lane_sum(typename Lanes<W>::f32 v) {
-  if constexpr (W == 4) {
-    return (v[0] + v[2]) + (v[1] + v[3]);
-  } else {
-    typename Lanes<W / 2>::f32 lo, hi;
-    halves<W>(v, lo, hi);
-    return lane_sum<W / 2>(lo + hi);
-  }
+  return lane_fold<W>(v, [](auto a, auto b) { return a + b; });
 }
 template <int W>
 SBKERNELS_INLINE float lane_max(typename Lanes<W>::f32 v) {
-  if constexpr (W == 4) {
-    const float a = v[0] > v[2] ? v[0] : v[2], b = v[1] > v[3] ? v[1] : v[3];
-    return a > b ? a : b;
-  } else {
-    typename Lanes<W / 2>::f32 lo, hi;
-    halves<W>(v, lo, hi);
-    return lane_max<W / 2>(lo > hi ? lo : hi);
-  }
+  return lane_fold<W>(v, [](auto a, auto b) { return a > b ? a : b; });
+}
+// The sum of the W int32 lanes of v (the caller keeps it below 2**31).
+template <int W>
+SBKERNELS_INLINE int64_t lane_total(typename Lanes<W>::i32 v) {
+  return lane_fold<W>(v, [](auto a, auto b) { return a + b; });
 }
 
 }  // namespace sbkernels::cpu

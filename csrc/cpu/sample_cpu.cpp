@@ -11,10 +11,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <limits>
 #include <string>
 #include <tuple>
-#include <vector>
 
 #include "../slots.h"
 #include "ops_cpu.h"
@@ -29,9 +28,9 @@ at::Tensor float_view(float* data, int64_t n) { return at::from_blob(data, {n}, 
 
 struct ScoredRows {
   at::Tensor loss;  // an output
-  const float* score;  // scratch (importance only, else nullptr)
-  const float* u;      // scratch
-  const uint8_t* valid;  // scratch: not ignored, target in range, finite loss
+  float* score;    // scratch (importance only, else nullptr)
+  float* u;        // scratch
+  uint8_t* valid;  // scratch: not ignored, target in range, finite loss
   int64_t n = 0, n_valid = 0;
 };
 
@@ -47,9 +46,9 @@ ScoredRows score_rows(const std::optional<at::Tensor>& logits, const std::option
                   nullptr, n, 0};
   int8_t* flags = scratch<int8_t, Scratch::kFlags>(n);
   row_stats_into(logits, targets, losses, meta, ignore_index, 0.0, row_offset, rows.loss.data_ptr<float>(),
-                 const_cast<float*>(rows.score), const_cast<float*>(rows.u), flags);
+                 rows.score, rows.u, flags);
   const float* loss = rows.loss.const_data_ptr<float>();
-  uint8_t* valid = scratch<uint8_t, Scratch::kValid>(n);
+  uint8_t* valid = rows.valid = scratch<uint8_t, Scratch::kValid>(n);
   int64_t nonfinite = 0, bad = 0;
   for (int64_t i = 0; i < n; ++i) {
     const bool usable = flags[i] == kRowValid, finite = std::isfinite(loss[i]);
@@ -58,7 +57,6 @@ ScoredRows score_rows(const std::optional<at::Tensor>& logits, const std::option
     bad += flags[i] == kRowBadTarget;
     rows.n_valid += valid[i];
   }
-  rows.valid = valid;
   int64_t* m = meta.data_ptr<int64_t>();
   m[kMetaStep] += 1;
   m[kMetaNonfinite] += nonfinite;

@@ -3,8 +3,6 @@
 // buffers of one type can be live at once.
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <cstdint>
 #include <vector>
 

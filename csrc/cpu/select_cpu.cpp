@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "../slots.h"
+#include "draw_cpu.h"
 #include "isa_cpu.h"
 #include "ops_cpu.h"
-#include "draw_cpu.h"
 #include "philox_cpu.h"
 #include "rows_cpu.h"
 #include "scratch_cpu.h"
