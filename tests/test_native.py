@@ -14,7 +14,7 @@ import sbkernels
 from sbkernels import reference, sampling
 from sbkernels.rows import integer_beta, target_masks
 
-from .helpers import loss_tolerance, random_logits
+from .helpers import loss_tolerance, random_logits, random_targets
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ISAS = ["avx512", "avx2", "default"]  # csrc/cpu/isa_cpu.h: each row kernel is compiled once per set
@@ -72,8 +72,7 @@ def test_native_select_equals_the_reference_on_its_own_losses(case, cpu_isa):
     ref = sbkernels.SelectorState(size, seed=n)
     for call in range(4):  # consecutive calls, ring wraparound, N > R
         logits = random_logits(n, num_classes, dtype, "cpu", gen)
-        targets = torch.randint(0, num_classes, (n,), generator=gen)
-        targets[torch.rand(n, generator=gen) < 0.1] = -100
+        targets = random_targets(n, num_classes, 0.1, gen)
         if n > 3:
             targets[1] = num_classes + 2  # out of range
             logits[2, (int(targets[2]) + 1) % num_classes] = float("-inf")  # masked entry: finite loss
@@ -241,8 +240,7 @@ def test_native_sampling_equals_the_reference_on_its_own_row_stats(policy, shape
     param, k = (0.3, 0) if policy == "keep" else (0.0, max(1, n // 3))
     for call in range(3):
         logits = random_logits(n, num_classes, torch.bfloat16, "cpu", gen)
-        targets = torch.randint(0, num_classes, (n,), generator=gen)
-        targets[torch.rand(n, generator=gen) < 0.1] = -100
+        targets = random_targets(n, num_classes, 0.1, gen)
         targets = targets.int() if call == 1 else targets  # int32 targets are widened in scratch
         if n > 3:
             targets[1] = num_classes + 1  # bad target

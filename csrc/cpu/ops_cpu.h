@@ -1,11 +1,16 @@
-// Native CPU ops that other native ops build on.
+// What the native CPU ops share: the row statistics pass, and the per-row bookkeeping every op ends with
+// (validity and error counts, the state's counters, order-preserving compaction).
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <tuple>
+
+#include "../slots.h"
 
 namespace sbkernels::cpu {
 
@@ -17,5 +22,43 @@ namespace sbkernels::cpu {
 void row_stats_into(const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
                     const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index,
                     double label_smoothing, int64_t row_offset, float* loss, float* score, float* u, int8_t* flags);
+
+// Rows that may be selected (a kRowValid flag and a finite loss) and the rows the state counts as errors.
+struct RowTally {
+  int64_t valid = 0, nonfinite = 0, bad_targets = 0;
+};
+// The tally of n rows; valid[i] (1 or 0) for each row.
+inline RowTally tally_rows(const int8_t* flags, const float* loss, int64_t n, uint8_t* valid) {
+  RowTally tally;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool usable = flags[i] == kRowValid, finite = std::isfinite(loss[i]);
+    valid[i] = usable && finite;
+    tally.valid += valid[i];
+    tally.nonfinite += usable && !finite;
+    tally.bad_targets += flags[i] == kRowBadTarget;
+  }
+  return tally;
+}
+
+// One call's update of SelectorState.meta (sbkernels.rows.advance_counters): step + 1, the error counts,
+// and the losses pushed into the history.
+inline void advance_counters(int64_t* meta, const RowTally& tally, int64_t pushed) {
+  meta[kMetaPushed] += pushed;
+  meta[kMetaStep] += 1;
+  meta[kMetaNonfinite] += tally.nonfinite;
+  meta[kMetaBadTargets] += tally.bad_targets;
+}
+
+// Order-preserving compaction (sbkernels.rows.compact): out[0, count) = the rows i with chosen[i] != 0 in
+// ascending order, -1 after; returns count. out may be chosen itself: row i lands at a slot <= i.
+template <typename Chosen>
+int64_t compact_rows(const Chosen* chosen, int64_t n, int64_t* out) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (chosen[i]) out[count++] = i;
+  }
+  std::fill(out + count, out + n, int64_t{-1});
+  return count;
+}
 
 }  // namespace sbkernels::cpu

@@ -48,31 +48,17 @@ ScoredRows score_rows(const std::optional<at::Tensor>& logits, const std::option
   row_stats_into(logits, targets, losses, meta, ignore_index, 0.0, row_offset, rows.loss.data_ptr<float>(),
                  rows.score, rows.u, flags);
   const float* loss = rows.loss.const_data_ptr<float>();
-  uint8_t* valid = rows.valid = scratch<uint8_t, Scratch::kValid>(n);
-  int64_t nonfinite = 0, bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const bool usable = flags[i] == kRowValid, finite = std::isfinite(loss[i]);
-    valid[i] = usable && finite;
-    nonfinite += usable && !finite;
-    bad += flags[i] == kRowBadTarget;
-    rows.n_valid += valid[i];
-  }
-  int64_t* m = meta.data_ptr<int64_t>();
-  m[kMetaStep] += 1;
-  m[kMetaNonfinite] += nonfinite;
-  m[kMetaBadTargets] += bad;
+  rows.valid = scratch<uint8_t, Scratch::kValid>(n);
+  const RowTally tally = tally_rows(flags, loss, n, rows.valid);
+  rows.n_valid = tally.valid;
+  advance_counters(meta.data_ptr<int64_t>(), tally, /*pushed=*/0);  // these policies push nothing
   return rows;
 }
 
-// Order-preserving compaction of `chosen` (sbkernels.rows.compact): indices, -1 after; a 0-d int32 count.
+// compact_rows into a new (N,) int64 tensor, and the count as a 0-d int32 tensor.
 std::tuple<at::Tensor, at::Tensor> compact(const uint8_t* chosen, int64_t n, const at::TensorOptions& options) {
   at::Tensor indices = at::empty({n}, options.dtype(at::kLong));
-  int64_t* out = indices.data_ptr<int64_t>();
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (chosen[i]) out[count++] = i;
-  }
-  std::fill(out + count, out + n, int64_t{-1});
+  const int64_t count = compact_rows(chosen, n, indices.data_ptr<int64_t>());
   return {indices, at::full({}, static_cast<int32_t>(count), options.dtype(at::kInt))};
 }
 

@@ -41,7 +41,7 @@ struct RowArgs {
   int64_t ignore_index;
   float label_smoothing;
   float* loss;
-  int8_t* flags;  // 0 valid, 1 ignored, 2 bad target
+  int8_t* flags;  // the row flags of slots.h
   float* score;     // kScore only
   float* residual;  // kResidual only: (N, C), unit stride
 };
@@ -177,7 +177,7 @@ at::Tensor row_losses(const std::optional<at::Tensor>& logits, const std::option
     flags_out = flags->const_data_ptr<int8_t>();
   } else {
     int8_t* row_flags = scratch<int8_t, Scratch::kFlags>(n);
-    std::fill_n(row_flags, n, int8_t{0});
+    std::fill_n(row_flags, n, static_cast<int8_t>(kRowValid));
     flags_out = row_flags;
   }
   return losses->to(at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
@@ -238,10 +238,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
       }
     });
   }
+  uint8_t* valid = scratch<uint8_t, Scratch::kValid>(n);
+  const RowTally tally = tally_rows(f, l, n, valid);
   const bool priming = pushed < prime;
   at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const bool valid = f[i] == kRowValid && std::isfinite(l[i]);
       float prob_i;
       if (fixed_prob >= 0) {
         prob_i = static_cast<float>(fixed_prob);
@@ -251,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
         const float pct = static_cast<float>(idx[i]) / static_cast<float>(n_hist);
         prob_i = probability(pct, beta, beta_int, static_cast<float>(floor));
       }
-      p[i] = valid ? prob_i : 0.0f;
+      p[i] = valid[i] ? prob_i : 0.0f;
     }
     // The draw; idx becomes scratch: 1 = selected, 0 = not, compacted below. u >= 0, so p = 0 is never drawn.
     float u[256];
@@ -262,29 +263,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
     }
   });
 
-  // Compaction, history push and counters: one sequential scan in row order.
-  int64_t selected = 0, total_valid = 0, nonfinite = 0, bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const bool usable = f[i] == kRowValid, finite = std::isfinite(l[i]);
-    total_valid += usable && finite;
-    nonfinite += usable && !finite;
-    bad += f[i] == kRowBadTarget;
-  }
-  const int64_t first_push = total_valid - size;  // of more than R valid losses only the last R land
+  // History push in row order (of more than R valid losses only the last R land), compaction, counters.
+  const int64_t first_push = tally.valid - size;
   int64_t rank = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (idx[i]) idx[selected++] = i;  // selected <= i: in place, order kept
-    if (f[i] == kRowValid && std::isfinite(l[i])) {
+    if (valid[i]) {
       if (rank >= first_push) h[(pushed + rank) % size] = l[i];
       ++rank;
     }
   }
-  std::fill(idx + selected, idx + n, int64_t{-1});
-  count.fill_(static_cast<int32_t>(selected));
-  m[kMetaPushed] += total_valid;
-  m[kMetaStep] += 1;
-  m[kMetaNonfinite] += nonfinite;
-  m[kMetaBadTargets] += bad;
+  count.fill_(static_cast<int32_t>(compact_rows(idx, n, idx)));
+  advance_counters(m, tally, tally.valid);
   return {indices, count, loss, prob};
 }
 
