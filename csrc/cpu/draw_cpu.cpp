@@ -44,72 +44,39 @@ SBKERNELS_INLINE void count_below(const float* history, int64_t n_hist, const fl
   }
 }
 
-// #{h < loss_i} over the history snapshot for rows [begin, end), per instruction set.
-template <int W>
-SBKERNELS_INLINE void count_block(const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin,
-                                  int64_t end) {
-  int64_t i = begin;
-  for (; i + 4 <= end; i += 4) count_below<W, 4>(h, n_hist, loss + i, out + i);
-  for (; i < end; ++i) count_below<W, 1>(h, n_hist, loss + i, out + i);
-}
-#ifdef SBKERNELS_HAS_X86_ISAS
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void count_block_avx512(
-    const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin, int64_t end) {
-  count_block<16>(h, n_hist, loss, out, begin, end);
-}
-__attribute__((target("avx2,fma"), flatten)) void count_block_avx2(const float* h, int64_t n_hist,
-                                                                   const float* loss, int64_t* out, int64_t begin,
-                                                                   int64_t end) {
-  count_block<8>(h, n_hist, loss, out, begin, end);
-}
-#endif
-__attribute__((flatten)) void count_block_default(const float* h, int64_t n_hist, const float* loss, int64_t* out,
-                                                  int64_t begin, int64_t end) {
-  count_block<4>(h, n_hist, loss, out, begin, end);
-}
-
-// philox_uniform(seed, step, first_row + j) for j < count into out, W rows at a time, per instruction set.
-template <int W>
-SBKERNELS_INLINE void uniforms_block(int64_t seed, int64_t step, int64_t first_row, int64_t count, float* out) {
-  int64_t j = 0;
-  for (; j + W <= count; j += W) {
-    const typename Lanes<W>::f32 u = philox_uniforms<W>(seed, step, first_row + j);
-    std::memcpy(out + j, &u, sizeof(u));
+// #{h < loss_i} over the history snapshot for rows [begin, end), on W lanes (run_for_isa).
+struct CountBlock {
+  template <int W>
+  SBKERNELS_INLINE static void run(const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin,
+                                   int64_t end) {
+    int64_t i = begin;
+    for (; i + 4 <= end; i += 4) count_below<W, 4>(h, n_hist, loss + i, out + i);
+    for (; i < end; ++i) count_below<W, 1>(h, n_hist, loss + i, out + i);
   }
-  for (; j < count; ++j) out[j] = philox_uniform(seed, step, first_row + j);
-}
-#ifdef SBKERNELS_HAS_X86_ISAS
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void uniforms_block_avx512(
-    int64_t seed, int64_t step, int64_t first_row, int64_t count, float* out) {
-  uniforms_block<16>(seed, step, first_row, count, out);
-}
-__attribute__((target("avx2,fma"), flatten)) void uniforms_block_avx2(int64_t seed, int64_t step, int64_t first_row,
-                                                                      int64_t count, float* out) {
-  uniforms_block<8>(seed, step, first_row, count, out);
-}
-#endif
-__attribute__((flatten)) void uniforms_block_default(int64_t seed, int64_t step, int64_t first_row, int64_t count,
-                                                     float* out) {
-  uniforms_block<4>(seed, step, first_row, count, out);
-}
+};
+
+// philox_uniform(seed, step, first_row + j) for j < count into out, on W lanes (run_for_isa).
+struct UniformsBlock {
+  template <int W>
+  SBKERNELS_INLINE static void run(int64_t seed, int64_t step, int64_t first_row, int64_t count, float* out) {
+    int64_t j = 0;
+    for (; j + W <= count; j += W) {
+      const typename Lanes<W>::f32 u = philox_uniforms<W>(seed, step, first_row + j);
+      std::memcpy(out + j, &u, sizeof(u));
+    }
+    for (; j < count; ++j) out[j] = philox_uniform(seed, step, first_row + j);
+  }
+};
 
 }  // namespace
 
 void count_below_dispatch(Isa isa, const float* h, int64_t n_hist, const float* loss, int64_t* out, int64_t begin,
                           int64_t end) {
-#ifdef SBKERNELS_HAS_X86_ISAS
-  if (isa == Isa::kAvx512) return count_block_avx512(h, n_hist, loss, out, begin, end);
-  if (isa == Isa::kAvx2) return count_block_avx2(h, n_hist, loss, out, begin, end);
-#endif
-  count_block_default(h, n_hist, loss, out, begin, end);
+  run_for_isa<CountBlock>(isa, h, n_hist, loss, out, begin, end);
 }
 
 void uniforms_dispatch(Isa isa, int64_t seed, int64_t step, int64_t first_row, int64_t count, float* out) {
-#ifdef SBKERNELS_HAS_X86_ISAS
-  if (isa == Isa::kAvx512) return uniforms_block_avx512(seed, step, first_row, count, out);
-  if (isa == Isa::kAvx2) return uniforms_block_avx2(seed, step, first_row, count, out);
-#endif
-  uniforms_block_default(seed, step, first_row, count, out);
+  run_for_isa<UniformsBlock>(isa, seed, step, first_row, count, out);
 }
 
 }  // namespace sbkernels::cpu

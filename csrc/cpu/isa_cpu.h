@@ -19,4 +19,32 @@ Isa active_isa();
 // the CPU lacks it). Returns the name of the active one.
 std::string cpu_isa(const std::string& request);
 
+// Kernel::run<W>(args...) compiled for an instruction set: W = 16 float32 lanes for AVX-512, 8 for AVX2 +
+// FMA, 4 (one SSE or NEON register) for any CPU. Each entry point is "flatten"ed: everything run<W> calls is
+// inlined into it, so it is compiled for that instruction set (rows_cpu.h, lanes_cpu.h).
+#ifdef SBKERNELS_HAS_X86_ISAS
+template <typename Kernel, typename... Args>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void run_avx512(Args... args) {
+  Kernel::template run<16>(args...);
+}
+template <typename Kernel, typename... Args>
+__attribute__((target("avx2,fma"), flatten)) void run_avx2(Args... args) {
+  Kernel::template run<8>(args...);
+}
+#endif
+template <typename Kernel, typename... Args>
+__attribute__((flatten)) void run_baseline(Args... args) {
+  Kernel::template run<4>(args...);
+}
+
+// Kernel::run<W>(args...) for the instruction set isa.
+template <typename Kernel, typename... Args>
+void run_for_isa(Isa isa, Args... args) {
+#ifdef SBKERNELS_HAS_X86_ISAS
+  if (isa == Isa::kAvx512) return run_avx512<Kernel, Args...>(args...);
+  if (isa == Isa::kAvx2) return run_avx2<Kernel, Args...>(args...);
+#endif
+  run_baseline<Kernel, Args...>(args...);
+}
+
 }  // namespace sbkernels::cpu

@@ -14,17 +14,16 @@
 #include <type_traits>
 #include <utility>
 
-// The hot loops are inlined into functions compiled for several instruction sets (select_cpu.cpp,
-// draw_cpu.cpp), which are "flatten"ed: everything they call is inlined there, so it is compiled for that
-// instruction set. (Not always_inline: GCC would inline the AVX-512 exp into its default-target callers
-// first, and fail.)
+// The hot loops are inlined into functions compiled for several instruction sets (run_for_isa, isa_cpu.h),
+// which are "flatten"ed: everything they call is inlined there, so it is compiled for that instruction set.
+// (Not always_inline: GCC would inline the AVX-512 exp into its default-target callers first, and fail.)
 #define SBKERNELS_INLINE inline
 
 namespace sbkernels::cpu {
 
 // The row loops work on W float32 lanes at a time in GCC's vector types, so their vectorization does not
 // hang on the auto-vectorizer: each function that inlines them is compiled for one instruction set
-// (select_cpu.cpp, draw_cpu.cpp), where a W-lane vector is one AVX-512 (W = 16), AVX2 (W = 8) or SSE / NEON (W = 4) register.
+// (run_for_isa), where a W-lane vector is one AVX-512 (W = 16), AVX2 (W = 8) or SSE / NEON (W = 4) register.
 template <int W>
 struct Lanes {
   typedef float f32 __attribute__((vector_size(4 * W)));

@@ -50,48 +50,36 @@ struct RowArgs {
 enum class RowOutput { kLoss, kScore, kResidual };
 
 // Rows [begin, end): loss, flags and, per OUT, the importance score or the residuals softmax - onehot
-// (gradmatch: rows with an ignored or bad target get loss 0 and zero residuals, as in the reference).
-// Inlined into one function per instruction set below.
-template <int W, RowOutput OUT, typename T>
-SBKERNELS_INLINE void row_block(const RowArgs<T>& a, int64_t begin, int64_t end) {
-  constexpr bool kScore = OUT == RowOutput::kScore, kResidual = OUT == RowOutput::kResidual;
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t target = a.targets[i * a.target_stride];
-    const bool ignored = target == a.ignore_index, bad = !ignored && (target < 0 || target >= a.num_classes);
-    if (ignored || bad) {
-      a.loss[i] = bad && !kResidual ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
-      a.flags[i] = static_cast<int8_t>(bad ? kRowBadTarget : kRowIgnored);
-      if constexpr (kScore) a.score[i] = bad ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
-      if constexpr (kResidual) std::fill_n(a.residual + i * a.num_classes, a.num_classes, 0.0f);
-      continue;
+// (gradmatch: rows with an ignored or bad target get loss 0 and zero residuals, as in the reference), on W
+// lanes (run_for_isa).
+template <RowOutput OUT>
+struct RowBlock {
+  template <int W, typename T>
+  SBKERNELS_INLINE static void run(const RowArgs<T>* args, int64_t begin, int64_t end) {
+    constexpr bool kScore = OUT == RowOutput::kScore, kResidual = OUT == RowOutput::kResidual;
+    const RowArgs<T>& a = *args;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t target = a.targets[i * a.target_stride];
+      const bool ignored = target == a.ignore_index, bad = !ignored && (target < 0 || target >= a.num_classes);
+      if (ignored || bad) {
+        a.loss[i] = bad && !kResidual ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+        a.flags[i] = static_cast<int8_t>(bad ? kRowBadTarget : kRowIgnored);
+        if constexpr (kScore) a.score[i] = bad ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+        if constexpr (kResidual) std::fill_n(a.residual + i * a.num_classes, a.num_classes, 0.0f);
+        continue;
+      }
+      const T* row = a.logits + i * a.stride;
+      const T* next_row = i + 1 < end ? row + a.stride : row;
+      const RowSums sums = row_sums<W, kScore>(row, a.num_classes, target, next_row);
+      a.loss[i] = cross_entropy<W>(row, sums.lse, target, a.num_classes, a.label_smoothing);
+      a.flags[i] = kRowValid;
+      if constexpr (kScore) a.score[i] = std::sqrt(sums.other * sums.other + sums.other2);
+      if constexpr (kResidual) {
+        softmax_minus_onehot<W>(row, a.num_classes, target, sums.lse, a.residual + i * a.num_classes);
+      }
     }
-    const T* row = a.logits + i * a.stride;
-    const T* next_row = i + 1 < end ? row + a.stride : row;
-    const RowSums sums = row_sums<W, kScore>(row, a.num_classes, target, next_row);
-    a.loss[i] = cross_entropy<W>(row, sums.lse, target, a.num_classes, a.label_smoothing);
-    a.flags[i] = kRowValid;
-    if constexpr (kScore) a.score[i] = std::sqrt(sums.other * sums.other + sums.other2);
-    if constexpr (kResidual) softmax_minus_onehot<W>(row, a.num_classes, target, sums.lse, a.residual + i * a.num_classes);
   }
-}
-
-// The row loop compiled three times: 16 lanes for AVX-512, 8 for AVX2 + FMA, 4 (one SSE or NEON register)
-// for any x86-64 or other CPU. cpu_isa() picks one at run time.
-#ifdef SBKERNELS_HAS_X86_ISAS
-template <RowOutput OUT, typename T>
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"), flatten)) void row_block_avx512(const RowArgs<T>& a,
-                                                                                        int64_t begin, int64_t end) {
-  row_block<16, OUT>(a, begin, end);
-}
-template <RowOutput OUT, typename T>
-__attribute__((target("avx2,fma"), flatten)) void row_block_avx2(const RowArgs<T>& a, int64_t begin, int64_t end) {
-  row_block<8, OUT>(a, begin, end);
-}
-#endif
-template <RowOutput OUT, typename T>
-__attribute__((flatten)) void row_block_default(const RowArgs<T>& a, int64_t begin, int64_t end) {
-  row_block<4, OUT>(a, begin, end);
-}
+};
 
 #ifdef SBKERNELS_HAS_X86_ISAS
 // Flush-to-zero and denormals-are-zero while a row block runs (this thread only; the caller's mode comes
@@ -109,10 +97,8 @@ template <RowOutput OUT, typename T>
 void row_block_dispatch(Isa isa, const RowArgs<T>& a, int64_t begin, int64_t end) {
 #ifdef SBKERNELS_HAS_X86_ISAS
   const FlushDenormals flush;
-  if (isa == Isa::kAvx512) return row_block_avx512<OUT>(a, begin, end);
-  if (isa == Isa::kAvx2) return row_block_avx2<OUT>(a, begin, end);
 #endif
-  row_block_default<OUT>(a, begin, end);
+  run_for_isa<RowBlock<OUT>>(isa, &a, begin, end);
 }
 
 // (N,) targets as int64 values and their stride in elements: int64 targets as they are, int32 ones widened
