@@ -24,7 +24,8 @@ PyObject* PyInit__C(void) {
       {"CURSOR_OVERFLOW", kCursorOverflow}, {"CURSOR_INVALID", kCursorInvalid},
       {"CURSOR_TICKET", kCursorTicket},   {"CURSOR_SIZE", kCursorSize},
       {"ROW_VALID", kRowValid},           {"ROW_IGNORED", kRowIgnored},
-      {"ROW_BAD_TARGET", kRowBadTarget},
+      {"ROW_BAD_TARGET", kRowBadTarget},  {"MAX_COUNTER", kMaxCounter},
+      {"MAX_INTEGER_BETA", kMaxIntegerBeta},
   };
   for (const auto& [name, value] : slots) {
     if (PyModule_AddIntConstant(module, name, static_cast<long>(value)) != 0) {

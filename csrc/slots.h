@@ -29,4 +29,9 @@ constexpr int64_t kRowValid = 0;
 constexpr int64_t kRowIgnored = 1;    // target == ignore_index
 constexpr int64_t kRowBadTarget = 2;  // target outside [0, C)
 
+// Limits a run can never exceed; state outside them is refused (load_state_dict, the native ops' checks) or,
+// where the device cannot report it without a sync, clamped by the kernel so no index leaves its tensor.
+constexpr int64_t kMaxCounter = int64_t{1} << 62;  // pushed, step and the error counts of meta
+constexpr int64_t kMaxIntegerBeta = 16;  // pct ** beta by repeated multiplication for whole beta in [1, 16]
+
 }  // namespace sbkernels

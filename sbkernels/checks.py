@@ -91,3 +91,101 @@ def check_source(source: torch.Tensor, targets: torch.Tensor | None, state: Sele
     else:
         check_losses(source)
     check_state(state, source.device, "logits" if targets is not None else "losses")
+
+
+# --- Checks of the registered Python ops' own arguments (SPEC section 11) --------------------------------------
+# ``torch.ops.sbkernels.<op>`` is public: a direct call gets these checks before the op touches memory (the
+# Triton interpreter would read outside a short tensor). The public functions check their arguments first
+# and call the op bodies without them (library.call), so the hot path pays for one set of checks.
+
+# Projected-gradient iterations of each OMP refit (sbkernels.omp.omp_nnls): 60 by default; the refit starts
+# from the previous weights, so a few hundred converge, and k * steps bounds the op's time.
+MAX_GRADMATCH_STEPS = 1000
+
+
+def check_backend(backend: object, device: torch.device) -> None:
+    if backend not in ("native", "triton", "reference"):
+        _fail(f"backend must be 'native', 'triton' or 'reference' (resolved, not 'auto'), got {backend!r}")
+    if backend == "native" and device.type != "cpu":
+        _fail(f"backend='native' runs on CPU tensors, got {device}; use 'triton' for CUDA")
+
+
+def check_op_source(
+    logits: torch.Tensor | None, targets: torch.Tensor | None, losses: torch.Tensor | None
+) -> torch.Tensor:
+    """Exactly one of (N, C) logits with (N,) targets and (N,) losses; returns the one given."""
+    if (logits is None) == (losses is None):
+        _fail(f"pass logits (with targets) or losses, not {'both' if logits is not None else 'neither'}")
+    if logits is not None:
+        if targets is None:
+            _fail("logits need targets (N,), got None")
+        check_logits_targets(logits, targets)
+        return logits
+    if targets is not None:
+        _fail("targets go with logits; losses take none")
+    check_losses(losses)
+    return losses
+
+
+def check_flags(flags: torch.Tensor | None, source: torch.Tensor, losses: torch.Tensor | None) -> None:
+    if flags is None:
+        return
+    if losses is None:
+        _fail("flags go with losses, not with logits")
+    n = source.shape[0]
+    if flags.dtype != torch.int8 or flags.shape != (n,) or flags.device != source.device:
+        _fail(f"flags must be int8 of shape ({n},) on {source.device}, got {flags.dtype} {tuple(flags.shape)}")
+
+
+def check_state_tensors(history: torch.Tensor | None, meta: torch.Tensor, device: torch.device) -> None:
+    """``meta`` (and ``history`` when given) as a :class:`SelectorState` holds them, on ``device``."""
+    from .slots import META_SIZE
+
+    if not isinstance(meta, torch.Tensor) or meta.dtype != torch.int64 or meta.shape != (META_SIZE,):
+        _fail(f"meta must be SelectorState.meta (int64 of shape ({META_SIZE},)), got {_describe(meta)}")
+    if not meta.is_contiguous() or meta.device != device:
+        _fail(f"meta must be contiguous and on {device}, got strides {meta.stride()} on {meta.device}")
+    if history is None:
+        return
+    if not isinstance(history, torch.Tensor) or history.dtype != torch.float32 or history.dim() != 1:
+        _fail(f"history must be SelectorState.history (float32 of shape (R,)), got {_describe(history)}")
+    if history.numel() < 1 or not history.is_contiguous() or history.device != device:
+        _fail(f"history must hold R >= 1 contiguous entries on {device}, got {_describe(history)} on {history.device}")
+
+
+def check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        _fail(f"{name} must be an int in [{low}, {high}], got {value!r}")
+
+
+def check_row_offset(row_offset: object, n: int) -> None:
+    check_int("row_offset", row_offset, 0, 2**32 - n)
+
+
+def check_gradmatch_steps(steps: object) -> None:
+    """The refit's iteration count: >= 1 (0 would leave every weight 0 and select nothing), bounded above."""
+    check_int("steps", steps, 1, MAX_GRADMATCH_STEPS)
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"{x.dtype} of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def check_op_inputs(
+    logits: torch.Tensor | None,
+    targets: torch.Tensor | None,
+    losses: torch.Tensor | None,
+    flags: torch.Tensor | None,
+    history: torch.Tensor | None,
+    meta: torch.Tensor | None,
+    backend: object,
+) -> torch.Tensor:
+    """The tensor arguments every policy op shares (``meta=None``: an op without state); returns the source."""
+    source = check_op_source(logits, targets, losses)
+    check_flags(flags, source, losses)
+    if meta is not None:
+        check_state_tensors(history, meta, source.device)
+    check_backend(backend, source.device)
+    return source

@@ -98,5 +98,11 @@ class StepCoordinator:
         return {"steps_taken": self.steps_taken, "agreed_rows": self.agreed_rows, "pending": pending}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the decisions to come; refuses counts a run could not have produced (negative, not ints)."""
+        if not isinstance(state_dict, dict) or not {"steps_taken", "agreed_rows", "pending"} <= state_dict.keys():
+            raise ValueError("corrupted StepCoordinator state: need steps_taken, agreed_rows and pending")
+        values = [state_dict["steps_taken"], state_dict["agreed_rows"], *state_dict["pending"]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(f"corrupted StepCoordinator state: counts must be ints >= 0, got {values!r:.120}")
         self.steps_taken, self.agreed_rows = state_dict["steps_taken"], state_dict["agreed_rows"]
         self._pending = deque(state_dict["pending"])

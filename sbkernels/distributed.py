@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import library, reference
+from . import checks, library, reference
 from .kernels.row_stats import launch_row_stats
 from .rows import compact, row_flags, target_masks
 from .selection import Selection
@@ -40,7 +40,13 @@ SelectGathered = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor
 _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 
 
-@library.register_op("row_losses", mutates_args={})
+def _check_row_losses(logits, targets, losses, ignore_index, label_smoothing, backend) -> None:
+    checks.check_op_inputs(logits, targets, losses, None, None, None, backend)
+    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+
+
+@library.register_op("row_losses", mutates_args={}, check=_check_row_losses)
 def _row_losses_op(
     logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, ignore_index: int, label_smoothing: float,
     backend: str,

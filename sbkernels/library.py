@@ -12,6 +12,7 @@ Importing this module loads the compiled extension ``sbkernels._C``, which regis
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -31,8 +32,15 @@ _implementations: dict[str, Callable] = {}
 _read_tensors: dict[str, tuple[int, ...]] = {}  # per op: positions of the tensor inputs it does not mutate
 
 
-def register_op(name: str, mutates_args: Iterable[str] = ()) -> Callable[[Callable], Callable]:
-    """Register the decorated function as the op ``sbkernels::<name>`` (a ``triton_op``)."""
+def register_op(
+    name: str, mutates_args: Iterable[str] = (), *, check: Callable[..., None]
+) -> Callable[[Callable], Callable]:
+    """Register the decorated function as the op ``sbkernels::<name>`` (a ``triton_op``).
+
+    ``check`` takes the op's arguments and raises on any it cannot run on (SPEC section 11). The registered
+    op runs it before the body, so a direct ``torch.ops.sbkernels.<name>(...)`` call is checked; :func:`call`
+    runs the body alone, after the public function has checked its own arguments.
+    """
     mutated = set(mutates_args)
 
     def register(implementation: Callable) -> Callable:
@@ -41,7 +49,15 @@ def register_op(name: str, mutates_args: Iterable[str] = ()) -> Callable[[Callab
         _read_tensors[name] = tuple(
             i for i, p in enumerate(parameters) if "Tensor" in str(p.annotation) and p.name not in mutated
         )
-        return torch.library.triton_op(f"{NAMESPACE}::{name}", mutates_args=mutated)(implementation)
+
+        @functools.wraps(implementation)
+        def checked(*args, **kwargs):
+            check(*args, **kwargs)
+            return implementation(*args, **kwargs)
+
+        # The schema is inferred from the signature; resolved here, where the body's module names its types.
+        checked.__signature__ = inspect.signature(implementation, eval_str=True)  # type: ignore[attr-defined]
+        return torch.library.triton_op(f"{NAMESPACE}::{name}", mutates_args=mutated)(checked)
 
     return register
 

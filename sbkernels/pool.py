@@ -13,6 +13,8 @@ a loop of push + ready_batches never finds the pool full. Rows are never dropped
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,26 @@ from .row_buffers import Layout, RowBuffers
 from .row_count import EventReadback, ReadbackFactory, RowCount
 from .selection import Selection
 from .slots import CURSOR_OFFSET
+
+
+class ExclusiveUse:
+    """``with guard("call"):`` raises ``RuntimeError`` when another thread is inside a guarded call of the same
+    object, instead of letting two threads interleave its counts. Never waits: a lock taken without blocking."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner, self._lock = owner, threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self, call: str) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{self.owner}.{call}: another thread is inside a call on this object; a pool, a policy and the "
+                "SelectiveBackprop that owns them belong to one thread at a time: guard them with a lock"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
 
 class SelectionPool:
@@ -40,8 +62,12 @@ class SelectionPool:
             (asynchronous), an immediate read on CPU.
 
     Every selected row comes out exactly once, in selection order: in a batch from ``ready_batches`` or
-    in the final batch from ``flush``. A yielded batch is a view into the pool, valid until the next
-    batch is produced: clone it to keep it longer.
+    in the final batch from ``flush``. Every batch handed out owns its tensors (a copy made on the device,
+    no sync): it stays valid however long it is kept, e.g. while gradient accumulation fetches several
+    batches before using any (SPEC section 10).
+
+    Threads: a pool belongs to one thread at a time. A call that overlaps another thread's call on the same
+    pool raises ``RuntimeError`` instead of handing out rows twice; guard a shared pool with a lock.
     """
 
     def __init__(self, batch_size: int, capacity: int | None = None, readback: ReadbackFactory | None = None) -> None:
@@ -56,6 +82,7 @@ class SelectionPool:
         self._readback = readback
         self._buffers: RowBuffers | None = None
         self._count = RowCount(readback)
+        self._exclusive = ExclusiveUse("SelectionPool")  # held during each call: detects a second thread
 
     @property
     def capacity(self) -> int | None:
@@ -73,6 +100,10 @@ class SelectionPool:
 
     def push(self, selection: Selection, *tensors: Tensor) -> None:
         """Append the selected rows of each tensor (leading dim N, aligned with the selection)."""
+        with self._exclusive("push"):
+            self._push(selection, tensors)
+
+    def _push(self, selection: Selection, tensors: tuple[Tensor, ...]) -> None:
         if not tensors:
             raise ValueError("push needs at least one tensor to gather rows from")
         n = selection.indices.shape[0]
@@ -95,16 +126,26 @@ class SelectionPool:
         """
         if self._buffers is None:
             return
-        count = self._count
         if sync:
-            count.wait_all()
+            with self._exclusive("ready_batches"):
+                self._count.wait_all()
+        while True:
+            with self._exclusive("ready_batches"):  # not held across the yield: the caller runs meanwhile
+                batch = self._next_ready()
+            if batch is None:
+                return
+            yield batch
+
+    def _next_ready(self) -> tuple[Tensor, ...] | None:
+        """The next complete batch, or None when the host knows of none and the next push surely fits."""
+        count = self._count
         while True:
             count.poll()
-            while count.known >= self.batch_size:
+            if count.known >= self.batch_size:
                 count.took(self.batch_size)
-                yield self._buffers.take_batch()
+                return self._buffers.take_batch()
             if not count.in_flight or count.upper_bound + count.largest_push <= self._buffers.capacity:
-                return
+                return None
             count.wait_oldest()  # the bounds cannot show that the next push fits: learn the count, drain
 
     def flush(self) -> tuple[Tensor, ...] | None:
@@ -120,10 +161,11 @@ class SelectionPool:
         """Like :meth:`flush`, but an empty pool gives tensors of 0 rows (None only before any push)."""
         if self._buffers is None:
             return None
-        self._count.wait_all()
-        batch = tuple(t.clone() for t in self._buffers.views(self._count.known))
-        self._buffers.clear()
-        self._count.reset(0)  # empty: the counts since the last flush start again
+        with self._exclusive("drain"):
+            self._count.wait_all()
+            batch = tuple(t.clone() for t in self._buffers.views(self._count.known))
+            self._buffers.clear()
+            self._count.reset(0)  # empty: the counts since the last flush start again
         return batch
 
     def rows_gathered(self) -> Tensor:
@@ -134,6 +176,10 @@ class SelectionPool:
     def take_batch(self) -> tuple[Tensor, ...]:
         """Hand out the next batch of exactly ``batch_size`` rows, which the caller knows were gathered
         (e.g. by a coordinator's decision); waits for the row count only if it has not arrived yet."""
+        with self._exclusive("take_batch"):
+            return self._take_batch()
+
+    def _take_batch(self) -> tuple[Tensor, ...]:
         count = self._count
         count.poll()
         while count.known < self.batch_size and count.in_flight:
@@ -160,17 +206,24 @@ class SelectionPool:
         }  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Hold exactly the saved rows (any earlier content is dropped)."""
-        if state_dict["batch_size"] != self.batch_size:
-            raise ValueError(f"batch_size mismatch: saved {state_dict['batch_size']}, pool {self.batch_size}")
-        rows = state_dict["rows"]
+        """Hold exactly the saved rows (any earlier content is dropped).
+
+        Refuses, before changing anything, what no pool could have saved (SPEC section 11): another
+        batch_size, rows that are not tensors with one common row count on one device, a negative
+        ``rows_out``, or rows that do not match the tensors this pool already holds.
+        """
+        rows, rows_out = checked_pool_state(state_dict, self.batch_size)
+        with self._exclusive("load_state_dict"):
+            self._load(rows, rows_out)
+
+    def _load(self, rows: list[Tensor] | None, rows_out: int) -> None:
         if rows is None:
             return
         if self._buffers is None:
             self._start(tuple(rows), max(rows[0].shape[0], 1), rows[0].device)
         self._buffers.matches(tuple(rows))
         self._buffers.load(rows)
-        self._count.reset(rows[0].shape[0], state_dict.get("rows_out", 0))
+        self._count.reset(rows[0].shape[0], rows_out)
 
     # ---------------------------------------------------------------------------------------- private
     def _start(self, tensors: tuple[Tensor, ...], n: int, device: torch.device) -> None:
@@ -200,3 +253,23 @@ class SelectionPool:
                 f"SelectionPool is full ({count.known} of {buffers.capacity} rows held): take the ready batches "
                 "(ready_batches()) before pushing more"
             )
+
+
+def checked_pool_state(state_dict: Any, batch_size: int) -> tuple[list[Tensor] | None, int]:
+    """``(rows, rows_out)`` of a saved pool, or ValueError naming what no pool could have saved."""
+    if not isinstance(state_dict, dict) or not {"batch_size", "rows"} <= state_dict.keys():
+        raise ValueError("corrupted SelectionPool state: need a dict with 'batch_size' and 'rows'")
+    if state_dict["batch_size"] != batch_size:
+        raise ValueError(f"batch_size mismatch: saved {state_dict['batch_size']!r}, pool {batch_size}")
+    rows_out = state_dict.get("rows_out", 0)
+    if isinstance(rows_out, bool) or not isinstance(rows_out, int) or rows_out < 0:
+        raise ValueError(f"corrupted SelectionPool state: rows_out must be an int >= 0, got {rows_out!r}")
+    rows = state_dict["rows"]
+    if rows is None:
+        return None, rows_out
+    if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(t, Tensor) and t.dim() >= 1 for t in rows):
+        raise ValueError("corrupted SelectionPool state: rows must be a non-empty list of tensors with a row dim")
+    held, device = rows[0].shape[0], rows[0].device
+    if any(t.shape[0] != held or t.device != device for t in rows):
+        raise ValueError("corrupted SelectionPool state: every saved tensor needs the same rows on one device")
+    return list(rows), rows_out

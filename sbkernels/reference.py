@@ -83,9 +83,12 @@ def cross_entropy(
     t, ignored, bad = target_masks(targets, num_classes, ignore_index)
     lse = torch.logsumexp(x, dim=1)
     x_target = x.gather(1, t.clamp(0, num_classes - 1).unsqueeze(1)).squeeze(1)
-    loss = lse - x_target
+    # A +inf logit makes F.cross_entropy's log_softmax inf - inf = NaN; the stable logsumexp is +inf only then.
+    loss = torch.where(lse == float("inf"), float("nan"), lse - x_target)
     if label_smoothing > 0:
-        loss = (1 - label_smoothing) * loss + label_smoothing * (lse - x.mean(dim=1))
+        smooth = lse - x.mean(dim=1)  # mean_c (lse - x_c) >= 0: -inf only if the sum overflowed, as F's terms do
+        smooth = torch.where(smooth == float("-inf"), float("inf"), smooth)
+        loss = (1 - label_smoothing) * loss + label_smoothing * smooth
     loss = torch.where(ignored, torch.zeros_like(loss), loss)
     loss = torch.where(bad, torch.full_like(loss, float("nan")), loss)
     return loss, ignored, bad

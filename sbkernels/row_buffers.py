@@ -93,8 +93,12 @@ class RowBuffers:
         gather_rows(sources, indices, count, self.buffers, self.cursor)
 
     def take_batch(self) -> tuple[Tensor, ...]:
-        """The first ``batch_size`` rows (views, valid until the next take); the rest move to the front."""
-        batch = self.views(self.batch_size)
+        """A copy of the first ``batch_size`` rows (owned by the caller); the rest move to the front.
+
+        The copy is what makes a batch safe to keep: the buffers are reused from take to take, so a view
+        would change under a caller that holds several batches (gradient accumulation). ``clone`` keeps
+        each buffer's dim order (channels_last stays channels_last)."""
+        batch = tuple(v.clone() for v in self.views(self.batch_size))
         remaining = self.cursor[CURSOR_OFFSET] - self.batch_size  # device-side count of rows kept
         self._spare_cursor.narrow(0, CURSOR_OFFSET, 1).zero_()
         gather_rows(self.buffers, self._kept, remaining, self.spare, self._spare_cursor)

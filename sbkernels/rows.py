@@ -13,7 +13,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .slots import META_BAD_TARGETS, META_NONFINITE, META_PUSHED, META_STEP, ROW_BAD_TARGET, ROW_IGNORED
+from .slots import (
+    MAX_INTEGER_BETA,
+    META_BAD_TARGETS,
+    META_NONFINITE,
+    META_PUSHED,
+    META_STEP,
+    ROW_BAD_TARGET,
+    ROW_IGNORED,
+)
 
 
 def target_masks(targets: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -60,9 +68,6 @@ def advance_counters(meta: Tensor, *, pushed: Tensor | int, nonfinite: Tensor, b
     meta[META_STEP].add_(1)
     meta[META_NONFINITE].add_(nonfinite)
     meta[META_BAD_TARGETS].add_(bad_targets)
-
-
-MAX_INTEGER_BETA = 16
 
 
 def integer_beta(beta: float) -> int:

@@ -43,6 +43,10 @@ class StaleSB:
     The cache lives on the device of the first losses stored. Every fresh loss refreshes it: the scoring
     pass's (also on steps where the schedule backpropagates the whole batch), and those given to
     ``SelectiveBackprop.refresh`` from the backward batches.
+
+    A sample id outside ``[0, num_samples)`` is never written into another sample's slot, nor read from
+    one: it is stored in a spare slot past the end, read back as NaN (never selected, counted non-finite)
+    and counted in ``bad_ids`` on the device (no sync); :meth:`check` raises on it.
     """
 
     def __init__(self, every: int, num_samples: int) -> None:
@@ -51,24 +55,67 @@ class StaleSB:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be the dataset size (an int >= 1), got {num_samples!r}")
         self.every, self.num_samples = every, num_samples
-        self.cache: Tensor | None = None  # (num_samples,) float32, NaN where never scored
+        self._cache: Tensor | None = None  # (num_samples + 1,) float32, NaN where never scored; the last: spare
+        self.bad_ids: Tensor | None = None  # 0-d int64: sample ids seen outside [0, num_samples)
+
+    @property
+    def cache(self) -> Tensor | None:
+        """(num_samples,) float32: each sample's last loss, NaN where never scored."""
+        return None if self._cache is None else self._cache[: self.num_samples]
 
     def fresh(self, epoch: int) -> bool:
         """Whether ``epoch`` scores the data (else it selects from the cache)."""
         return epoch % self.every == 0
 
     def store(self, sample_ids: Tensor, losses: Tensor) -> None:
-        if self.cache is None:
-            self.cache = torch.full((self.num_samples,), float("nan"), device=losses.device)
-        self.cache[sample_ids] = losses.detach().float()
+        if self._cache is None:
+            self._cache = torch.full((self.num_samples + 1,), float("nan"), device=losses.device)
+            self.bad_ids = torch.zeros((), dtype=torch.int64, device=losses.device)
+        slots, _ = self._slots(sample_ids, losses.shape[0])
+        self._cache[slots] = losses.detach().float()
 
     def cached(self, sample_ids: Tensor) -> Tensor:
-        if self.cache is None:
+        if self._cache is None:
             raise ValueError("a stale epoch came before any loss was stored: the first epoch must score the data")
-        return self.cache[sample_ids]
+        slots, bad = self._slots(sample_ids, sample_ids.shape[0] if isinstance(sample_ids, Tensor) else -1)
+        return torch.where(bad, float("nan"), self._cache[slots])
+
+    def check(self) -> None:
+        """Raise ``ValueError`` if any sample id was outside ``[0, num_samples)`` (reads a device counter:
+        synchronizes); the counter is reset when reported."""
+        if self.bad_ids is not None and (bad := int(self.bad_ids)):
+            self.bad_ids.zero_()
+            raise ValueError(
+                f"{bad} sample id(s) were outside [0, num_samples={self.num_samples}): pass each row's dataset "
+                "index (e.g. from a Dataset that returns it) and the dataset's size as num_samples"
+            )
+
+    def _slots(self, sample_ids: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """Cache slots of the ids (the spare slot for ids out of range) and which ids were out of range."""
+        if not isinstance(sample_ids, Tensor) or sample_ids.dim() != 1 or sample_ids.shape[0] != n:
+            raise ValueError(f"sample_ids must be a 1-D tensor of {n} dataset indices, got {sample_ids!r:.80}")
+        if sample_ids.dtype not in (torch.int64, torch.int32) or sample_ids.device != self._cache.device:
+            raise ValueError(
+                f"sample_ids must be int64 or int32 on {self._cache.device}, "
+                f"got {sample_ids.dtype} on {sample_ids.device}"
+            )
+        bad = (sample_ids < 0) | (sample_ids >= self.num_samples)
+        self.bad_ids.add_(bad.sum())
+        return torch.where(bad, self.num_samples, sample_ids.long()), bad
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cache": None if self.cache is None else self.cache.clone()}
+        return {"cache": None if self._cache is None else self.cache.clone()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.cache = None if state_dict["cache"] is None else state_dict["cache"].clone()
+        """Restore the cache; refuses one of another size or dtype (its values are any losses, NaN included)."""
+        cache = state_dict.get("cache") if isinstance(state_dict, dict) else None
+        if not isinstance(state_dict, dict) or "cache" not in state_dict:
+            raise ValueError("corrupted StaleSB state: need a dict with 'cache'")
+        if cache is None:
+            self._cache = self.bad_ids = None
+            return
+        shape = (self.num_samples,)
+        if not isinstance(cache, Tensor) or cache.dtype != torch.float32 or tuple(cache.shape) != shape:
+            raise ValueError(f"StaleSB cache must be float32 of shape {shape} (num_samples), got {cache!r:.80}")
+        self._cache = torch.cat([cache, cache.new_full((1,), float("nan"))])
+        self.bad_ids = torch.zeros((), dtype=torch.int64, device=cache.device)

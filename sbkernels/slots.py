@@ -29,3 +29,6 @@ CURSOR_SIZE: int = _C.CURSOR_SIZE
 ROW_VALID: int = _C.ROW_VALID  # a row that may be selected (if its loss is finite)
 ROW_IGNORED: int = _C.ROW_IGNORED  # target == ignore_index
 ROW_BAD_TARGET: int = _C.ROW_BAD_TARGET  # target outside [0, C)
+
+MAX_COUNTER: int = _C.MAX_COUNTER  # the largest value of pushed, step or an error count a run can reach
+MAX_INTEGER_BETA: int = _C.MAX_INTEGER_BETA  # pct ** beta by repeated multiplication for whole beta up to this

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 from .slots import (
+    MAX_COUNTER,
     META_BAD_TARGETS,
     META_NONFINITE,
     META_PUSHED,
@@ -112,19 +113,38 @@ class SelectorState:
         return {"version": _STATE_DICT_VERSION, "history": self.history.detach().clone(), "meta": meta}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Copy a saved state in place (the tensors keep their identity and device)."""
-        if state_dict.get("version") != _STATE_DICT_VERSION:
-            raise ValueError(f"unsupported SelectorState state_dict version {state_dict.get('version')!r}")
-        history, meta = state_dict["history"], state_dict["meta"]
-        if history.shape != self.history.shape:
+        """Copy a saved state in place (the tensors keep their identity and device).
+
+        Refuses, before changing anything, what no run could have produced (SPEC section 11): another
+        version, shape or dtype, a non-finite history entry, a negative counter or one beyond
+        ``MAX_COUNTER``. Reads the saved values on the host (synchronizes).
+        """
+        if not isinstance(state_dict, dict) or state_dict.get("version") != _STATE_DICT_VERSION:
+            version = state_dict.get("version") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"unsupported SelectorState state_dict version {version!r}")
+        history, meta = state_dict.get("history"), state_dict.get("meta")
+        _check_saved_tensor("history", history, torch.float32, tuple(self.history.shape), "history_size")
+        _check_saved_tensor("meta", meta, torch.int64, tuple(self.meta.shape), "META_SIZE")
+        if not bool(torch.isfinite(history).all()):
             raise ValueError(
-                f"history_size mismatch: saved {tuple(history.shape)}, this state {tuple(self.history.shape)}"
+                "corrupted SelectorState: the saved history holds NaN or infinite losses, which no run pushes"
             )
-        if meta.shape != self.meta.shape:
-            raise ValueError(f"meta shape mismatch: saved {tuple(meta.shape)}, expected {tuple(self.meta.shape)}")
+        counters = meta[[META_PUSHED, META_STEP, META_NONFINITE, META_BAD_TARGETS, META_SIZE_MISMATCH]].tolist()
+        for name, value in zip(("pushed", "step", "nonfinite", "bad_targets", "size_mismatch"), counters, strict=True):
+            if not 0 <= value <= MAX_COUNTER:
+                raise ValueError(f"corrupted SelectorState: counter {name} = {value}, a run keeps it in [0, 2**62]")
         self.history.copy_(history)
         self.meta.copy_(meta)
         self.meta.narrow(0, META_TICKET, 1).zero_()
 
     def __repr__(self) -> str:
         return f"SelectorState(history_size={self.history_size}, device={self.device})"
+
+
+def _check_saved_tensor(name: str, value: object, dtype: torch.dtype, shape: tuple[int, ...], what: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"corrupted SelectorState: {name} must be a tensor, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise ValueError(f"corrupted SelectorState: {name} must be {dtype}, got {value.dtype}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{what} mismatch: saved {name} has shape {tuple(value.shape)}, this state {shape}")

@@ -37,7 +37,7 @@ from .batch_spec import BackwardBatch, BatchSpec
 from .coordinator import StepCoordinator
 from .distributed import check_same_batch_size
 from .policies import SB, Policy
-from .pool import SelectionPool
+from .pool import ExclusiveUse, SelectionPool, checked_pool_state
 from .row_count import EventReadback, ReadbackFactory
 from .schedule import Schedule, StaleSB
 from .selection import Selection
@@ -85,6 +85,7 @@ class SelectiveBackprop:
         self.stale = stale
         self.fields = fields
         self.pool = SelectionPool(batch_size, capacity, readback)
+        self._exclusive = ExclusiveUse("SelectiveBackprop")
         self.coordinator = None
         if process_group is not None:
             if self.policy.state is not None and self.policy.state.process_group is not process_group:
@@ -132,6 +133,13 @@ class SelectiveBackprop:
             sample_ids: (N,) int64 dataset indices: needed for Stale-SB, and returned with each batch.
             features: (N, ...) penultimate activations, for ``GradMatch``.
         """
+        with self._exclusive("observe"):
+            return self._observe(scores, targets, batch, sample_ids, features)
+
+    def _observe(
+        self, scores: Tensor | None, targets: Tensor | None, batch: tuple[Any, ...], sample_ids: Tensor | None,
+        features: Tensor | None,
+    ) -> Selection:  # fmt: skip
         first = self.spec is None
         if first:
             self.spec = BatchSpec.record(batch, self.fields, sample_ids, self.policy.weighted)
@@ -165,6 +173,15 @@ class SelectiveBackprop:
         self.counts["observed"] += n
         self.counts["scored"] += n if fresh else 0
         return selection
+
+    def check(self) -> None:
+        """Raise on any error counted on the device so far: out-of-range targets (the policy's state), rows
+        lost to overflow or out-of-range indices (the pool), sample ids out of range (Stale-SB). Synchronizes."""
+        if self.state is not None:
+            self.state.check()
+        self.pool.check()
+        if self.stale is not None:
+            self.stale.check()
 
     def refresh(self, sample_ids: Tensor, losses: Tensor) -> None:
         """Store fresh per-example losses (e.g. from a backward batch) in the Stale-SB cache."""
@@ -218,6 +235,10 @@ class SelectiveBackprop:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a checkpoint; refuses what no run could have saved (SPEC section 11), checking the plain
+        fields and the pool's rows before anything is changed."""
+        _check_saved_run(state_dict)
+        checked_pool_state(state_dict["pool"], self.pool.batch_size)
         self.policy.load_state_dict(state_dict["policy"])
         self.pool.load_state_dict(state_dict["pool"])
         self.step, self.epoch = state_dict["step"], state_dict["epoch"]
@@ -253,3 +274,36 @@ class SelectiveBackprop:
             return batch
         weight = step_weight if batch.weight is None else step_weight * batch.weight
         return batch._replace(weight=weight)
+
+
+def _check_saved_run(state_dict: Any) -> None:
+    """The plain fields of a saved :class:`SelectiveBackprop`: counters ints >= 0, a well-formed batch spec."""
+    keys = {"policy", "pool", "step", "epoch", "counts", "spec", "stale", "coordinator"}
+    if not isinstance(state_dict, dict) or not keys <= state_dict.keys():
+        raise ValueError(f"corrupted SelectiveBackprop state: need a dict with {sorted(keys)}")
+    counts = state_dict["counts"]
+    if not isinstance(counts, dict) or set(counts) != {"observed", "scored", "backward"}:
+        raise ValueError("corrupted SelectiveBackprop state: counts must hold observed, scored and backward")
+    for name, value in [("step", state_dict["step"]), ("epoch", state_dict["epoch"]), *counts.items()]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"corrupted SelectiveBackprop state: {name} must be an int >= 0, got {value!r}")
+    spec = state_dict["spec"]
+    if spec is None:
+        return
+    fields = {"keys", "size", "with_ids", "with_weight"}
+    if not isinstance(spec, dict) or set(spec) != fields:
+        raise ValueError(f"corrupted SelectiveBackprop state: spec must hold {sorted(fields)}")
+    keys_ok = spec["keys"] is None or (
+        isinstance(spec["keys"], (list, tuple)) and all(isinstance(k, str) for k in spec["keys"])
+    )
+    size_ok = isinstance(spec["size"], int) and spec["size"] >= 1
+    if spec["keys"] is not None and keys_ok:
+        size_ok = size_ok and spec["size"] == len(spec["keys"])
+    if not (keys_ok and size_ok and isinstance(spec["with_ids"], bool) and isinstance(spec["with_weight"], bool)):
+        raise ValueError(f"corrupted SelectiveBackprop state: malformed batch spec {spec!r:.120}")
+    rows = state_dict["pool"].get("rows") if isinstance(state_dict["pool"], dict) else None
+    travelling = spec["size"] + spec["with_ids"] + spec["with_weight"]
+    if rows is not None and len(rows) != travelling:
+        raise ValueError(
+            f"corrupted SelectiveBackprop state: the pool holds {len(rows)} tensors, the batch spec {travelling}"
+        )

@@ -192,7 +192,11 @@ SBKERNELS_INLINE float cross_entropy(const T* row, float lse, int64_t target, in
   const float loss = lse - to_float(row[target]);
   if (label_smoothing == 0.0f) return loss;
   const float x_mean = row_sum<W>(row, num_classes) / static_cast<float>(num_classes);
-  return (1.0f - label_smoothing) * loss + label_smoothing * (lse - x_mean);
+  // mean_c (lse - x_c) >= 0: -inf only when the sum of the logits overflowed to +inf, where
+  // F.cross_entropy's terms overflow to +inf.
+  const float smooth = lse - x_mean;
+  const float smooth_term = smooth == -std::numeric_limits<float>::infinity() ? -smooth : smooth;
+  return (1.0f - label_smoothing) * loss + label_smoothing * smooth_term;
 }
 
 }  // namespace sbkernels::cpu

@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "../slots.h"
+#include "checks_cpu.h"
 #include "ops_cpu.h"
 #include "scratch_cpu.h"
 
@@ -198,8 +199,17 @@ Outputs importance_rows(const ScoredRows& rows, int64_t k) {
 Outputs sample_rows_cpu(const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
                         const std::optional<at::Tensor>& losses, at::Tensor meta, const std::string& policy,
                         double param, int64_t k, int64_t ignore_index, int64_t row_offset) {
-  TORCH_CHECK(policy == "keep" || policy == "uniform" || policy == "importance",
-              "sample_rows_cpu: policy must be \"keep\", \"uniform\" or \"importance\", got \"", policy, "\"");
+  constexpr const char* op = "sample_rows_cpu";
+  TORCH_CHECK(policy == "keep" || policy == "uniform" || policy == "importance", op,
+              ": policy must be \"keep\", \"uniform\" or \"importance\", got \"", policy, "\"");
+  const int64_t n = check_source(logits, targets, losses, op);
+  check_meta(meta, op);
+  check_row_offset(row_offset, n, op);
+  if (policy == "keep") {
+    TORCH_CHECK(std::isfinite(param) && param > 0.0 && param <= 1.0, op, ": keep (param) must be in (0, 1], got ", param);
+  } else {
+    TORCH_CHECK(k >= 0 && k <= n, op, ": k must be in [0, N = ", n, "] for policy \"", policy, "\", got ", k);
+  }
   const ScoredRows rows = score_rows(logits, targets, losses, meta, ignore_index, row_offset, policy == "importance");
   if (policy == "keep") return keep_rows(rows, param);
   if (policy == "uniform") return uniform_rows(rows, k);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../slots.h"
+#include "checks_cpu.h"
 #include "draw_cpu.h"
 #include "isa_cpu.h"
 #include "ops_cpu.h"
@@ -26,6 +27,9 @@ namespace sbkernels::cpu {
 namespace {
 
 constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop runs on the calling thread
+// The percentile sorts the history snapshot once and binary-searches it when N > this * log2(n_hist) (the
+// sort then costs less than the W-lane count over the whole snapshot for every row).
+constexpr int64_t kSortedPathRowsPerLogHist = 128;
 
 // Rows per parallel task: enough logits per task that small batches stay on one thread.
 int64_t row_grain(int64_t num_classes) { return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(num_classes, 1)); }
@@ -157,7 +161,8 @@ at::Tensor row_losses(const std::optional<at::Tensor>& logits, const std::option
   }
   const int64_t n = losses->size(0);
   if (flags.has_value()) {
-    TORCH_CHECK(flags->scalar_type() == at::kChar && flags->is_contiguous() && flags->numel() == n,
+    check_cpu(*flags, "select_sb_cpu", "flags");
+    TORCH_CHECK(flags->scalar_type() == at::kChar && flags->dim() == 1 && flags->is_contiguous() && flags->numel() == n,
                 "select_sb_cpu: flags must be a contiguous int8 tensor of one entry per loss (sbkernels.rows.row_flags), got ",
                 flags->scalar_type(), " of shape ", flags->sizes());
     flags_out = flags->const_data_ptr<int8_t>();
@@ -180,13 +185,42 @@ float probability(float pct, double beta, int64_t beta_int, float floor) {
   return std::max(p, floor);
 }
 
+// The scalars of the "sb" / "uniform" (rate) pass: a rate in [0, 1] (fixed_prob >= 0), or else the percentile
+// rule's beta > 0 (beta_int: beta when it is a whole number in [1, 16], else 0), and floor, prime, smoothing.
+void check_sb_scalars(double beta, double floor, int64_t prime, double label_smoothing, double fixed_prob,
+                      int64_t beta_int) {
+  constexpr const char* op = "select_sb_cpu";
+  TORCH_CHECK(std::isfinite(fixed_prob) && fixed_prob <= 1.0, op,
+              ": fixed_prob must be a rate in [0, 1] or negative (the percentile rule), got ", fixed_prob);
+  if (fixed_prob < 0) {
+    TORCH_CHECK(std::isfinite(beta) && beta > 0, op, ": beta must be a finite number > 0, got ", beta);
+    TORCH_CHECK(beta_int == 0 || (beta_int >= 1 && beta_int <= kMaxIntegerBeta && beta == static_cast<double>(beta_int)),
+                op, ": beta_int must be 0 or beta itself when beta is a whole number in [1, ", kMaxIntegerBeta,
+                "], got beta_int = ", beta_int, " for beta = ", beta);
+  }
+  check_range(floor, 0.0, 1.0, /*high_open=*/false, op, "floor");
+  TORCH_CHECK(prime >= 0, op, ": prime must be >= 0, got ", prime);
+  check_range(label_smoothing, 0.0, 1.0, /*high_open=*/true, op, "label_smoothing");
+}
+
+// Sorts a copy of the history snapshot for the binary-search percentile. NaN (which no run pushes, but a
+// caller may write) sorts last and never counts as below a loss, as in the W-lane count; the comparator
+// stays a strict weak order, which std::sort needs to stay inside the buffer.
+void sort_snapshot(const float* history, int64_t n_hist, float* sorted) {
+  std::copy_n(history, n_hist, sorted);
+  std::sort(sorted, sorted + n_hist, [](float a, float b) { return a < b || (std::isnan(b) && !std::isnan(a)); });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
     const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
     const std::optional<at::Tensor>& losses, const std::optional<at::Tensor>& flags, at::Tensor history,
     at::Tensor meta, double beta, double floor, int64_t prime, int64_t ignore_index, double label_smoothing,
     double fixed_prob, int64_t beta_int) {
-  TORCH_CHECK(logits.has_value() != losses.has_value(), "select_sb_cpu: pass logits (with targets) or losses");
-  TORCH_CHECK(history.is_contiguous() && meta.is_contiguous(), "select_sb_cpu: history and meta must be contiguous");
+  check_source(logits, targets, losses, "select_sb_cpu");
+  TORCH_CHECK(!flags.has_value() || losses.has_value(), "select_sb_cpu: flags go with losses, not with logits");
+  check_history(history, "select_sb_cpu");
+  check_meta(meta, "select_sb_cpu");
+  check_sb_scalars(beta, floor, prime, label_smoothing, fixed_prob, beta_int);
   const int8_t* f = nullptr;
   const at::Tensor loss = row_losses(logits, targets, losses, flags, ignore_index, label_smoothing, f);
   const int64_t n = loss.size(0), size = history.size(0);
@@ -209,16 +243,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_sb_cpu(
   const bool percentile = fixed_prob < 0 && pushed >= prime && n_hist > 0;
   if (percentile) {
     const int64_t log_hist = 64 - __builtin_clzll(static_cast<uint64_t>(n_hist));
-    thread_local std::vector<float> sorted;
-    const bool sort_snapshot = n > 128 * log_hist;
-    if (sort_snapshot) {
-      sorted.assign(h, h + n_hist);
-      std::sort(sorted.begin(), sorted.end());
+    // The sorted copy lives in the calling thread's scratch and is read through a pointer: the workers of
+    // at::parallel_for have scratch of their own, which they must not see here.
+    const bool sorted_path = n > kSortedPathRowsPerLogHist * log_hist;
+    const float* sorted = nullptr;
+    if (sorted_path) {
+      float* buffer = scratch<float, Scratch::kSorted>(n_hist);
+      sort_snapshot(h, n_hist, buffer);
+      sorted = buffer;
     }
-    const int64_t work_per_row = sort_snapshot ? log_hist : n_hist;
+    const int64_t work_per_row = sorted_path ? log_hist : n_hist;
     at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 20) / work_per_row), [&](int64_t begin, int64_t end) {
-      if (sort_snapshot) {
-        for (int64_t i = begin; i < end; ++i) idx[i] = std::lower_bound(sorted.begin(), sorted.end(), l[i]) - sorted.begin();
+      if (sorted_path) {
+        for (int64_t i = begin; i < end; ++i) idx[i] = std::lower_bound(sorted, sorted + n_hist, l[i]) - sorted;
       } else {
         count_below_dispatch(isa, h, n_hist, l, idx, begin, end);
       }
@@ -295,6 +332,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
     const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
     const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index, double label_smoothing,
     int64_t row_offset) {
+  const int64_t n = check_source(logits, targets, losses, "row_stats_cpu");
+  check_meta(meta, "row_stats_cpu");
+  check_range(label_smoothing, 0.0, 1.0, /*high_open=*/true, "row_stats_cpu", "label_smoothing");
+  check_row_offset(row_offset, n, "row_stats_cpu");
   const at::Tensor& source = logits.has_value() ? *logits : *losses;
   const at::TensorOptions options = source.options().dtype(at::kFloat);
   at::Tensor loss = at::empty({source.size(0)}, options), score = at::empty_like(loss), u = at::empty_like(loss);
@@ -307,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
 // and bad targets), in one pass over the logits and one write of the residuals.
 std::tuple<at::Tensor, at::Tensor> residuals_cpu(const at::Tensor& logits, const at::Tensor& targets,
                                                  int64_t ignore_index) {
-  const int64_t n = logits.size(0);
+  const int64_t n = check_logits_targets(logits, targets, "residuals_cpu");
   at::Tensor residual = at::empty({n, logits.size(1)}, logits.options().dtype(at::kFloat));
   at::Tensor loss = at::empty({n}, logits.options().dtype(at::kFloat));
   logits_rows<RowOutput::kResidual>(logits, targets, ignore_index, 0.0f, loss.data_ptr<float>(),

@@ -78,7 +78,10 @@ __global__ void __launch_bounds__(kGatherThreads) gather_rows_kernel(const __gri
                                                  : static_cast<int64_t>(*static_cast<const int32_t*>(p.count));
   const int64_t requested = min(max(requested_raw, int64_t{0}), p.num_indices);
   const int64_t offset = p.cursor[kCursorOffset];
-  const int64_t rows = min(max(p.capacity - offset, int64_t{0}), requested);
+  // An offset outside [0, capacity] (a cursor the caller wrote) writes nothing: every row counts as
+  // overflow, which the pool's check() reports. The CPU op raises instead; here that would need a sync.
+  const bool offset_in_range = offset >= 0 && offset <= p.capacity;
+  const int64_t rows = offset_in_range ? min(p.capacity - offset, requested) : int64_t{0};
 
   const int64_t row_units = gather_row_units(t);
   const int64_t chunks = (row_units + p.chunk_units - 1) / p.chunk_units;

@@ -39,6 +39,7 @@ META_STEP = tl.constexpr(slots.META_STEP)
 META_NONFINITE = tl.constexpr(slots.META_NONFINITE)
 META_BAD_TARGETS = tl.constexpr(slots.META_BAD_TARGETS)
 META_TICKET = tl.constexpr(slots.META_TICKET)
+MAX_COUNTER = tl.constexpr(slots.MAX_COUNTER)
 # Row flags of losses gathered across ranks (sbkernels.rows.row_flags).
 ROW_IGNORED = tl.constexpr(rows.ROW_IGNORED)
 ROW_BAD_TARGET = tl.constexpr(rows.ROW_BAD_TARGET)
@@ -80,7 +81,9 @@ def cross_entropy_from_parts(lse, x_target, x_sum, C, label_smoothing):
     """``(1 - eps) * (lse - x_t) + eps * (lse - mean_c x_c)``; at eps = 0 the smoothing term is not formed
     at all, so a ``-inf`` non-target logit (whose mean is -inf) leaves the loss finite (SPEC section 2)."""
     loss = lse - x_target
-    smoothed = (1.0 - label_smoothing) * loss + label_smoothing * (lse - x_sum / C)
+    smooth = lse - x_sum / C  # mean_c (lse - x_c) >= 0: -inf only if the sum overflowed, as F's terms do
+    smooth = tl.where(smooth == float("-inf"), float("inf"), smooth)
+    smoothed = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     return tl.where(label_smoothing != 0.0, smoothed, loss)
 
 

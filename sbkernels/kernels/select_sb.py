@@ -27,6 +27,7 @@ import triton.language as tl
 
 from ..rows import integer_beta
 from .common import (
+    MAX_COUNTER,
     META_BAD_TARGETS,
     META_NONFINITE,
     META_PUSHED,
@@ -128,7 +129,9 @@ def select_sb_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_range = rows < N
     rows64 = rows.to(tl.int64)
-    pushed = tl.load(meta_ptr + META_PUSHED)
+    # A counter no run could reach (a state written by hand) is clamped, so the ring index
+    # (pushed + rank) % R stays in [0, R): the device cannot raise without a host sync (SPEC section 11).
+    pushed = tl.minimum(tl.maximum(tl.load(meta_ptr + META_PUSHED), 0), MAX_COUNTER)
     seed = tl.load(meta_ptr + META_SEED)
     step = tl.load(meta_ptr + META_STEP)
 

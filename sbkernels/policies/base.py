@@ -63,8 +63,13 @@ class Policy:
         return {"state": None if self.state is None else self.state.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state (made on the saved tensors' device if the policy has none yet)."""
+        """Restore the state (made on the saved tensors' device if the policy has none yet); the state's own
+        load refuses what no run could have produced."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict:
+            raise ValueError(f"corrupted {type(self).__name__} state: need a dict with 'state'")
         saved = state_dict["state"]
+        if saved is not None and not (isinstance(saved, dict) and isinstance(saved.get("history"), Tensor)):
+            raise ValueError(f"corrupted {type(self).__name__} state: 'state' must be a SelectorState state_dict")
         if saved is not None:
             self.state_on(saved["history"].device).load_state_dict(saved)
 

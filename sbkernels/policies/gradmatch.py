@@ -20,7 +20,26 @@ from ..state import SelectorState
 from .base import Policy
 
 
-@library.register_op("gradmatch", mutates_args={"meta"})
+def _check_gradmatch(logits, targets, features, meta, k, steps, ignore_index, backend) -> None:
+    checks.check_op_inputs(logits, targets, None, None, None, meta, backend)
+    n = logits.shape[0]
+    checks.check_k(k, n, smallest=1)
+    checks.check_gradmatch_steps(steps)
+    _check_features(features, logits)
+
+
+def _check_features(features: Tensor | None, logits: Tensor) -> None:
+    n = logits.shape[0]
+    if features is not None and (
+        not isinstance(features, Tensor)
+        or features.dim() < 1
+        or features.shape[0] != n
+        or features.device != logits.device
+    ):
+        raise ValueError(f"features must have leading dim {n} and live on {logits.device}")
+
+
+@library.register_op("gradmatch", mutates_args={"meta"}, check=_check_gradmatch)
 def _gradmatch_op(
     logits: Tensor, targets: Tensor, features: Tensor | None, meta: Tensor, k: int, steps: int, ignore_index: int,
     backend: str,
@@ -65,8 +84,8 @@ def select_gradmatch(
     checks.check_source(logits, targets, state)
     n = logits.shape[0]
     checks.check_k(k, n, smallest=1)
-    if features is not None and (features.shape[0] != n or features.device != logits.device):
-        raise ValueError(f"features must have leading dim {n} and live on {logits.device}")
+    checks.check_gradmatch_steps(steps)
+    _check_features(features, logits)
     out = library.call(
         "gradmatch",
         logits,
@@ -89,6 +108,7 @@ class GradMatch(Policy):
 
     def __init__(self, k: int, steps: int = 60, **common) -> None:
         checks.check_k(k, k, smallest=1)
+        checks.check_gradmatch_steps(steps)
         super().__init__(**common)
         self.k, self.steps = k, steps
 

@@ -19,7 +19,13 @@ from .base import Policy
 from .scored import score_rows
 
 
-@library.register_op("importance", mutates_args={"meta"})
+def _check_importance(logits, targets, meta, k, row_offset, ignore_index, backend) -> None:
+    checks.check_op_inputs(logits, targets, None, None, None, meta, backend)
+    checks.check_k(k, logits.shape[0])
+    checks.check_row_offset(row_offset, logits.shape[0])
+
+
+@library.register_op("importance", mutates_args={"meta"}, check=_check_importance)
 def _importance_op(
     logits: Tensor, targets: Tensor, meta: Tensor, k: int, row_offset: int, ignore_index: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -18,7 +18,13 @@ from .base import Policy
 from .scored import score_rows
 
 
-@library.register_op("keep", mutates_args={"meta"})
+def _check_keep(logits, targets, losses, meta, keep, row_offset, ignore_index, backend) -> None:
+    source = checks.check_op_inputs(logits, targets, losses, None, None, meta, backend)
+    checks.check_fraction("keep", keep)
+    checks.check_row_offset(row_offset, source.shape[0])
+
+
+@library.register_op("keep", mutates_args={"meta"}, check=_check_keep)
 def _keep_op(
     logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor, keep: float, row_offset: int,
     ignore_index: int, backend: str,

@@ -63,7 +63,14 @@ def fused_selection(
     return reference.select_sb(loss, ignored, bad, history, meta, beta, floor, prime, fixed_prob)
 
 
-@library.register_op("select_sb", mutates_args={"history", "meta"})
+def _check_select_sb(
+    logits, targets, losses, flags, history, meta, beta, floor, prime, ignore_index, label_smoothing, backend
+) -> None:
+    checks.check_op_inputs(logits, targets, losses, flags, history, meta, backend)
+    checks.check_sb_params(beta, floor, prime, label_smoothing)
+
+
+@library.register_op("select_sb", mutates_args={"history", "meta"}, check=_check_select_sb)
 def _select_sb_op(
     logits: Tensor | None,
     targets: Tensor | None,

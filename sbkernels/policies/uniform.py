@@ -20,7 +20,16 @@ from .sb import fused_selection
 from .scored import score_rows
 
 
-@library.register_op("uniform", mutates_args={"history", "meta"})
+def _check_uniform(logits, targets, losses, flags, history, meta, rate, k, row_offset, ignore_index, backend) -> None:
+    source = checks.check_op_inputs(logits, targets, losses, flags, history, meta, backend)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate <= 1.0:  # NaN fails too
+        raise ValueError(f"rate must be in [0, 1], or negative to draw exactly k rows, got {rate!r}")
+    if rate < 0:
+        checks.check_k(k, source.shape[0])
+    checks.check_row_offset(row_offset, source.shape[0])
+
+
+@library.register_op("uniform", mutates_args={"history", "meta"}, check=_check_uniform)
 def _uniform_op(
     logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, flags: Tensor | None, history: Tensor,
     meta: Tensor, rate: float, k: int, row_offset: int, ignore_index: int, backend: str,
