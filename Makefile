@@ -8,7 +8,7 @@ DEPS := triton:triton numpy:numpy pytest:pytest hypothesis:hypothesis scipy:scip
         pytest_benchmark:pytest-benchmark sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm ruff:ruff \
         ninja:ninja
 
-.PHONY: all deps build lint test cuda-compile cuda-binding-check demo bench clean
+.PHONY: all deps build lint test asan cuda-compile cuda-binding-check demo bench clean
 
 all: test
 
@@ -68,3 +68,8 @@ bench: build
 
 clean:
 	rm -rf build sbkernels/*.so *.egg-info
+
+# AddressSanitizer + UBSan build of the extension in build/asan, the native / gather / pool / state / fuzz tests
+# against it, and the negative control (one check removed must be caught). See .ci/asan.sh.
+asan: deps
+	PYTHON=$(PYTHON) bash .ci/asan.sh

@@ -2,6 +2,7 @@
 
 pip install -e . --no-build-isolation         # uses the torch already installed
 SBKERNELS_NO_CUDA=1 pip install -e . ...      # CPU-only build even with a CUDA torch
+SBKERNELS_SANITIZE=1 python setup.py build_ext --inplace   # AddressSanitizer + UBSan (make asan)
 """
 
 import os
@@ -26,6 +27,11 @@ CXX_FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-Wno-psabi", "-fop
 # at::parallel_for is a header template that runs on one thread unless the extension itself is built with
 # OpenMP (torch's CPU wheels parallelize with OpenMP); the OpenMP runtime that torch has loaded serves it.
 LINK_FLAGS = ["-fopenmp"]
+# make asan: every error a sanitizer finds aborts the process (a test then fails), frames stay readable.
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+if os.environ.get("SBKERNELS_SANITIZE") == "1":
+    CXX_FLAGS = [*CXX_FLAGS, *SANITIZE_FLAGS, "-O1"]
+    LINK_FLAGS = [*LINK_FLAGS, *SANITIZE_FLAGS]
 
 
 def extension():

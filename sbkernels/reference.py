@@ -109,7 +109,8 @@ def selection_probability(pct: torch.Tensor, beta: float, floor: float) -> torch
 def percentile(loss: torch.Tensor, history: torch.Tensor, n_hist: torch.Tensor) -> torch.Tensor:
     """``#{h in history[:n_hist] : h < loss_i} / n_hist`` per row, 1 where the history is empty."""
     size = history.numel()
-    live = torch.arange(size, device=history.device) < n_hist
+    # NaN (never pushed, but writable by hand) is below no loss: padded with the dead slots as +inf.
+    live = (torch.arange(size, device=history.device) < n_hist) & ~torch.isnan(history)
     ordered = torch.sort(torch.where(live, history, torch.full_like(history, float("inf")))).values
     # searchsorted(side="left") counts entries strictly below loss_i; padding (+inf) never counts.
     below = torch.searchsorted(ordered, loss.contiguous(), side="left").clamp_max(n_hist)
