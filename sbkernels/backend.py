@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from .kernels.common import interpreting
+from .kernels import interpreting, require_triton
 
 ENVIRONMENT_VARIABLE = "SBKERNELS_BACKEND"
 CHOICES = ("auto", "native", "triton", "reference")
@@ -25,7 +25,9 @@ def resolve(backend: str | None, device: torch.device) -> str:
     if backend not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "native"
+        backend = "triton" if device.type == "cuda" else "native"
+    if backend == "triton":
+        require_triton(f"backend='triton' on {device}")
     if backend == "native" and device.type != "cpu":
         raise ValueError(f"backend='native' runs on CPU tensors, got {device}; use 'auto' or 'triton' for CUDA")
     if backend == "triton" and device.type == "cpu" and not interpreting():

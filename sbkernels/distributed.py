@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import checks, library, reference
-from .kernels.row_stats import launch_row_stats
+from .kernels import launch_row_stats
 from .rows import compact, row_flags, target_masks
 from .selection import Selection
 from .slots import META_SIZE, META_SIZE_MISMATCH

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .kernels.common import device_guard
+from .kernels import device_guard
 from .slots import CURSOR_OFFSET
 
 

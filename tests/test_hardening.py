@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import sbkernels
 from sbkernels import SB, Keep, SelectionPool, SelectiveBackprop, SelectorState, StaleSB
+from sbkernels.kernels import interpreting
 from sbkernels.slots import META_BAD_TARGETS, META_PUSHED, META_STEP
 
 # --- the sorted-history percentile on more than one thread -------------------------------------------------------
@@ -250,7 +251,7 @@ def test_gradmatch_steps_out_of_range_are_refused(steps: int) -> None:
 
 @pytest.mark.parametrize("backend", ["reference", "native", "triton"])
 def test_plus_inf_non_target_logit_gives_nan_as_f_cross_entropy(backend: str) -> None:
-    if backend == "triton" and not sbkernels.kernels.common.interpreting():
+    if backend == "triton" and not interpreting():
         pytest.skip("the Triton backend on CPU needs TRITON_INTERPRET=1")
     logits = torch.randn(4, 5)
     logits[1, 3] = float("inf")
@@ -264,7 +265,7 @@ def test_plus_inf_non_target_logit_gives_nan_as_f_cross_entropy(backend: str) ->
 @pytest.mark.parametrize("backend", ["reference", "native", "triton"])
 def test_label_smoothing_overflow_is_plus_inf_never_finite_or_minus_inf(backend: str) -> None:
     """Logits near the float32 maximum: the smoothing term's sum overflows; F.cross_entropy gives +inf."""
-    if backend == "triton" and not sbkernels.kernels.common.interpreting():
+    if backend == "triton" and not interpreting():
         pytest.skip("the Triton backend on CPU needs TRITON_INTERPRET=1")
     logits = torch.full((2, 64), 3.0e38)
     logits[:, 0] = 3.3e38

@@ -22,15 +22,13 @@ device (a launch must run on their GPU, not the current one) and passes every ar
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
 from .. import rows, slots
+from . import device_guard, interpreting
 
 # The state's slots (csrc/slots.h) as Triton constants.
 META_PUSHED = tl.constexpr(slots.META_PUSHED)
@@ -100,16 +98,6 @@ def target_masks(t, in_range, C, ignore_index):
 def row_uniform(seed, step, rows64):
     """The row's Philox uniform: ``tl.rand(seed, (step << 32) + row)``, with int64 step and rows."""
     return tl.rand(seed, (step << 32) + rows64)
-
-
-def interpreting() -> bool:
-    """True when Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1 before import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
-    """``torch.cuda.device(device)`` for a CUDA device (launches and events go to that GPU), else a no-op."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def row_blocks(n: int, num_classes: int, from_logits: bool) -> dict[str, int]:

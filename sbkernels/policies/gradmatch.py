@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import backend as backends
 from .. import checks, library, reference
-from ..kernels.row_stats import launch_residual
+from ..kernels import launch_residual
 from ..omp import last_layer_gram, omp_nnls
 from ..rows import advance_counters, compact, row_validity, target_masks
 from ..selection import Selection

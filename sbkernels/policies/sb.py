@@ -13,7 +13,7 @@ from torch import Tensor
 from .. import backend as backends
 from .. import checks, library, reference
 from ..distributed import SelectGathered, global_selection
-from ..kernels.select_sb import launch_select_sb
+from ..kernels import launch_select_sb
 from ..rows import flag_masks, integer_beta
 from ..selection import Selection
 from ..state import SelectorState

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..kernels.row_stats import launch_row_stats
+from ..kernels import launch_row_stats
 from ..rows import advance_counters, row_validity, target_masks
 
 
