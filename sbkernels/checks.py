@@ -68,6 +68,10 @@ def check_sb_params(beta: float, floor: float, prime: int, label_smoothing: floa
         _fail(f"floor must be in [0, 1], got {floor!r}")
     if isinstance(prime, bool) or not isinstance(prime, int) or prime < 0:
         _fail(f"prime must be an int >= 0, got {prime!r}")
+    check_label_smoothing(label_smoothing)
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
     if not _is_real(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
         _fail(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
 

@@ -42,8 +42,7 @@ _all_gather = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
 
 def _check_row_losses(logits, targets, losses, ignore_index, label_smoothing, backend) -> None:
     checks.check_op_inputs(logits, targets, losses, None, None, None, backend)
-    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    checks.check_label_smoothing(label_smoothing)
 
 
 @library.register_op("row_losses", mutates_args={}, check=_check_row_losses)

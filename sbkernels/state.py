@@ -119,26 +119,31 @@ class SelectorState:
         version, shape or dtype, a non-finite history entry, a negative counter or one beyond
         ``MAX_COUNTER``. Reads the saved values on the host (synchronizes).
         """
-        if not isinstance(state_dict, dict) or state_dict.get("version") != _STATE_DICT_VERSION:
-            version = state_dict.get("version") if isinstance(state_dict, dict) else type(state_dict).__name__
-            raise ValueError(f"unsupported SelectorState state_dict version {version!r}")
-        history, meta = state_dict.get("history"), state_dict.get("meta")
-        _check_saved_tensor("history", history, torch.float32, tuple(self.history.shape), "history_size")
-        _check_saved_tensor("meta", meta, torch.int64, tuple(self.meta.shape), "META_SIZE")
-        if not bool(torch.isfinite(history).all()):
-            raise ValueError(
-                "corrupted SelectorState: the saved history holds NaN or infinite losses, which no run pushes"
-            )
-        counters = meta[[META_PUSHED, META_STEP, META_NONFINITE, META_BAD_TARGETS, META_SIZE_MISMATCH]].tolist()
-        for name, value in zip(("pushed", "step", "nonfinite", "bad_targets", "size_mismatch"), counters, strict=True):
-            if not 0 <= value <= MAX_COUNTER:
-                raise ValueError(f"corrupted SelectorState: counter {name} = {value}, a run keeps it in [0, 2**62]")
+        history, meta = check_saved_state(state_dict, self.history_size)
         self.history.copy_(history)
         self.meta.copy_(meta)
         self.meta.narrow(0, META_TICKET, 1).zero_()
 
     def __repr__(self) -> str:
         return f"SelectorState(history_size={self.history_size}, device={self.device})"
+
+
+def check_saved_state(state_dict: Any, history_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(history, meta)`` of a saved state for a state of ``history_size``, or ValueError naming what no run
+    could have produced (see :meth:`SelectorState.load_state_dict`). Synchronizes."""
+    if not isinstance(state_dict, dict) or state_dict.get("version") != _STATE_DICT_VERSION:
+        version = state_dict.get("version") if isinstance(state_dict, dict) else type(state_dict).__name__
+        raise ValueError(f"unsupported SelectorState state_dict version {version!r}")
+    history, meta = state_dict.get("history"), state_dict.get("meta")
+    _check_saved_tensor("history", history, torch.float32, (history_size,), "history_size")
+    _check_saved_tensor("meta", meta, torch.int64, (META_SIZE,), "META_SIZE")
+    if not bool(torch.isfinite(history).all()):
+        raise ValueError("corrupted SelectorState: the saved history holds NaN or infinite losses, which no run pushes")
+    counters = meta[[META_PUSHED, META_STEP, META_NONFINITE, META_BAD_TARGETS, META_SIZE_MISMATCH]].tolist()
+    for name, value in zip(("pushed", "step", "nonfinite", "bad_targets", "size_mismatch"), counters, strict=True):
+        if not 0 <= value <= MAX_COUNTER:
+            raise ValueError(f"corrupted SelectorState: counter {name} = {value}, a run keeps it in [0, 2**62]")
+    return history, meta
 
 
 def _check_saved_tensor(name: str, value: object, dtype: torch.dtype, shape: tuple[int, ...], what: str) -> None:

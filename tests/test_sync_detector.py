@@ -212,3 +212,26 @@ def test_selective_backprop_observe_and_ready_batches_never_sync(backend, policy
             taken += sum(b.data[0].shape[0] for b in sb.ready_batches())
     detector.assert_clean()
     assert taken > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stale_sb_epochs_never_sync(backend):
+    """Stale-SB's cache writes and reads (ids out of range included: counted on the device) in both epochs."""
+    x, t = _device_tensors()
+    ids = torch.arange(N) - 1  # one id out of range: the spare slot and the device-side count
+    sb = sbkernels.SelectiveBackprop(
+        8, POLICIES["sb"](backend=backend), stale=sbkernels.StaleSB(every=2, num_samples=N),
+        readback=LateReadbacks(max_polls=1, seed=3),
+    )  # fmt: skip
+    sb.observe(x, t, x, t, sample_ids=ids)
+    taken = 0
+    with SyncDetector() as detector:
+        sb.observe(x, t, x, t, sample_ids=ids)  # fresh epoch: scores and stores
+        sb.start_epoch(1)  # stale epoch: selects from the cache, no scoring pass
+        for _ in range(3):
+            sb.observe(None, None, x, t, sample_ids=ids)
+            taken += sum(b.data[0].shape[0] for b in sb.ready_batches())
+    detector.assert_clean()
+    assert taken > 0
+    with pytest.raises(ValueError, match="sample id"):
+        sb.check()

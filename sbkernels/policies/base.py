@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..selection import Selection
-from ..state import SelectorState
+from ..state import SelectorState, check_saved_state
 
 
 class Policy:
@@ -63,14 +63,13 @@ class Policy:
         return {"state": None if self.state is None else self.state.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state (made on the saved tensors' device if the policy has none yet); the state's own
-        load refuses what no run could have produced."""
+        """Restore the state (made on the saved tensors' device if the policy has none yet). Refuses what no
+        run could have produced before making or changing any state."""
         if not isinstance(state_dict, dict) or "state" not in state_dict:
             raise ValueError(f"corrupted {type(self).__name__} state: need a dict with 'state'")
         saved = state_dict["state"]
-        if saved is not None and not (isinstance(saved, dict) and isinstance(saved.get("history"), Tensor)):
-            raise ValueError(f"corrupted {type(self).__name__} state: 'state' must be a SelectorState state_dict")
         if saved is not None:
+            check_saved_state(saved, self.state.history_size if self.state is not None else self.history_size)
             self.state_on(saved["history"].device).load_state_dict(saved)
 
     def _parameters(self) -> dict[str, Any]:
