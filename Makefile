@@ -6,7 +6,7 @@ CUDA_ARCHS ?= 80 90
 # module:requirement pairs; torch is pinned to the CPU wheel that this machine has on disk.
 DEPS := triton:triton numpy:numpy pytest:pytest hypothesis:hypothesis scipy:scipy \
         pytest_benchmark:pytest-benchmark sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm ruff:ruff \
-        ninja:ninja
+        ninja:ninja mypy:mypy clang_format:clang-format
 
 .PHONY: all deps build lint test asan cuda-compile cuda-binding-check demo bench clean
 
@@ -21,9 +21,13 @@ deps:
 build: deps
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
+# ruff (lint and format), mypy on sbkernels/ (config in pyproject.toml) and clang-format on the C++/CUDA sources.
+CXX_SOURCES = $(shell git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh' 'tests/tools/cuda_emulation/*.cpp')
 lint: deps
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
+	$$($(PYTHON) -c "import clang_format; print(clang_format.get_executable('clang-format'))") --dry-run --Werror $(CXX_SOURCES)
 
 test: build lint
 	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q

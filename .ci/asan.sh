@@ -28,8 +28,8 @@ sanitized_tree build/asan
 build_tree build/asan
 echo "asan: built build/asan; running the tests under AddressSanitizer + UBSan"
 (cd build/asan && LD_PRELOAD="$preload" SBKERNELS_SANITIZED=1 TRITON_INTERPRET=1 $PYTHON -m pytest -q -p no:cacheprovider \
-  tests/test_native.py tests/test_gather.py tests/test_pool.py tests/test_hardening.py tests/test_fuzz.py \
-  tests/test_large_offsets.py)
+  tests/ops/test_native.py tests/ops/test_gather.py tests/pool/test_pool.py tests/test_hardening.py tests/ops/test_fuzz.py \
+  tests/ops/test_large_offsets.py)
 
 # Negative control: select_sb_cpu without its meta check writes before history[0] on a negative `pushed`;
 # the fuzz harness, run against that build, must report the case (ASan aborts it).
@@ -39,4 +39,4 @@ sed -i '/check_meta(meta, "select_sb_cpu");/d' build/asan-control/csrc/cpu/selec
 build_tree build/asan-control
 echo "asan: negative control (select_sb_cpu's meta check removed)"
 (cd build/asan-control && LD_PRELOAD="$preload" SBKERNELS_FUZZ_EXPECT_CAUGHT=select_sb_cpu.meta_negative_pushed \
-  TRITON_INTERPRET=1 $PYTHON -m pytest -q -p no:cacheprovider tests/test_fuzz.py -k negative_build)
+  TRITON_INTERPRET=1 $PYTHON -m pytest -q -p no:cacheprovider tests/ops/test_fuzz.py -k negative_build)

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import sbkernels
-from sbkernels import reference
-from sbkernels.gather import gather_rows, new_cursor
+from sbkernels import gather_rows, new_cursor, reference
 
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
 

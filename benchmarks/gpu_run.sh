@@ -8,7 +8,7 @@
 #   SBKERNELS_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_run.sh OUT_DIR   # when .git is absent
 #   STEPS="build gpu-only" benchmarks/gpu_run.sh OUT_DIR      # only these steps (split across device calls)
 #
-# Steps, in order: build, gpu-only (tests/test_gpu.py: no-sync, CUDA graphs, N*C > 2**31, compile, two GPUs),
+# Steps, in order: build, gpu-only (tests/kernels/test_gpu.py: no-sync, CUDA graphs, N*C > 2**31, compile, two GPUs),
 # equality (every other test file on CUDA tensors, one file at a time), report, step-benchmark,
 # microbenchmarks. Test budgets come from a count: each collected test may compile a few Triton
 # configurations (0.4-1.7 s each on triton 3.6), so a file gets BASE + PER_TEST seconds per collected test.
@@ -60,13 +60,13 @@ pytest_step() {  # pytest_step NAME JUNIT_NAME PATHS...: budget from the collect
 
 selected build && step build env MAX_JOBS=16 python3 setup.py build_ext --inplace -q
 # The GPU-only claims first: they are short and what the GPU run is for.
-selected gpu-only && pytest_step gpu-only pytest-gpu-only tests/test_gpu.py
+selected gpu-only && pytest_step gpu-only pytest-gpu-only tests/kernels/test_gpu.py
 # Then the equality tests on CUDA tensors, a file at a time: a failure or a timeout in one hides no other.
 # No interpreter suite here: the device image pairs triton 3.6 with numpy 2.5, which its interpreter cannot
 # run (tests/conftest.py explains); CI runs the interpreter suite on triton >= 3.9.
 if selected equality; then
   for file in tests/test_*.py; do
-    [ "$file" = tests/test_gpu.py ] && continue
+    [ "$file" = tests/kernels/test_gpu.py ] && continue
     pytest_step "equality $(basename "$file" .py)" "pytest-$(basename "$file" .py)" "$file"
   done
 fi

@@ -111,7 +111,7 @@ def selection_rows(device: torch.device, shapes, reps: int, bandwidth: float) ->
 
 
 def gather_rows_table(device: torch.device, reps: int, bandwidth: float, n: int) -> list[dict]:
-    from sbkernels.gather import gather_rows, new_cursor
+    from sbkernels import gather_rows, new_cursor
 
     gen = torch.Generator(device=device).manual_seed(1)
     images = torch.randn(n, 3, 224, 224, device=device, generator=gen).to(torch.bfloat16)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sbkernels
-from sbkernels.gather import gather_rows, new_cursor
+from sbkernels import gather_rows, new_cursor
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 SHAPES = [(128, 10), (1024, 1000), (4096, 32000)]

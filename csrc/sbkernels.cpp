@@ -17,14 +17,23 @@ PyObject* PyInit__C(void) {
   if (module == nullptr) return nullptr;
   using namespace sbkernels;
   const std::pair<const char*, int64_t> slots[] = {
-      {"META_PUSHED", kMetaPushed},       {"META_SEED", kMetaSeed},
-      {"META_STEP", kMetaStep},           {"META_NONFINITE", kMetaNonfinite},
-      {"META_BAD_TARGETS", kMetaBadTargets}, {"META_TICKET", kMetaTicket},
-      {"META_SIZE_MISMATCH", kMetaSizeMismatch}, {"META_SIZE", kMetaSize},           {"CURSOR_OFFSET", kCursorOffset},
-      {"CURSOR_OVERFLOW", kCursorOverflow}, {"CURSOR_INVALID", kCursorInvalid},
-      {"CURSOR_TICKET", kCursorTicket},   {"CURSOR_SIZE", kCursorSize},
-      {"ROW_VALID", kRowValid},           {"ROW_IGNORED", kRowIgnored},
-      {"ROW_BAD_TARGET", kRowBadTarget},  {"MAX_COUNTER", kMaxCounter},
+      {"META_PUSHED", kMetaPushed},
+      {"META_SEED", kMetaSeed},
+      {"META_STEP", kMetaStep},
+      {"META_NONFINITE", kMetaNonfinite},
+      {"META_BAD_TARGETS", kMetaBadTargets},
+      {"META_TICKET", kMetaTicket},
+      {"META_SIZE_MISMATCH", kMetaSizeMismatch},
+      {"META_SIZE", kMetaSize},
+      {"CURSOR_OFFSET", kCursorOffset},
+      {"CURSOR_OVERFLOW", kCursorOverflow},
+      {"CURSOR_INVALID", kCursorInvalid},
+      {"CURSOR_TICKET", kCursorTicket},
+      {"CURSOR_SIZE", kCursorSize},
+      {"ROW_VALID", kRowValid},
+      {"ROW_IGNORED", kRowIgnored},
+      {"ROW_BAD_TARGET", kRowBadTarget},
+      {"MAX_COUNTER", kMaxCounter},
       {"MAX_INTEGER_BETA", kMaxIntegerBeta},
   };
   for (const auto& [name, value] : slots) {

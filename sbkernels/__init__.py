@@ -1,18 +1,14 @@
 """sbkernels: fast Selective-Backprop selection for PyTorch.
 
-Quick start::
-
-    state = sbkernels.SelectorState(history_size=1024, seed=0, device="cuda")
-    sel = sbkernels.select(logits, targets, state, beta=2.0)    # or sbkernels.SB(beta=2.0)(logits, targets)
-    pool = sbkernels.SelectionPool(batch_size=128)
-    pool.push(sel, images, labels)             # gathers the selected rows on the device, no sync
-    for x, y in pool.ready_batches():          # exactly 128 rows each
-        ...
+The training loop is in :class:`SelectiveBackprop`'s docstring and the README; the contract is docs/SPEC.md.
+Layers, top down: :mod:`.trainer` (``SelectiveBackprop``), :mod:`.policies`, :mod:`.distributed`,
+:mod:`.pool`, :mod:`.ops` (one typed function per registered op, one backend table), :mod:`.kernels`
+(Triton), ``csrc/`` (C++/CUDA), and :mod:`.reference`, the definition every kernel is tested against.
 """
 
-from . import library  # noqa: F401  (first: loads the compiled ops, or fails with the build instruction)
-from .batch_spec import BackwardBatch
-from .gather import gather_rows
+from . import slots  # noqa: F401  (first: loads the compiled ops, or fails with the build instruction)
+from .distributed import release_collective_tensors
+from .ops import gather_rows, new_cursor
 from .policies import (
     POLICIES,
     SB,
@@ -28,7 +24,7 @@ from .policies import (
     select_losses,
     select_uniform,
 )
-from .pool import SelectionPool
+from .pool import BackwardBatch, SelectionPool
 from .schedule import Schedule, StaleSB
 from .selection import Selection
 from .state import SelectorState
@@ -50,6 +46,8 @@ __all__ = [
     "StaleSB",
     "Uniform",
     "gather_rows",
+    "new_cursor",
+    "release_collective_tensors",
     "select",
     "select_gradmatch",
     "select_importance",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .rows import advance_counters, compact, integer_beta, row_validity, target_masks
+from .ops._rows import advance_counters, compact, integer_beta, row_validity, target_masks
 from .slots import META_PUSHED, META_SEED, META_STEP
 
 # Philox4x32 constants, as in triton.language.random.
@@ -190,9 +190,11 @@ def row_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, importance score, Philox uniform) per row: what the row-stats kernel computes."""
     if logits is not None:
+        assert targets is not None
         loss = cross_entropy(logits, targets, ignore_index, label_smoothing)[0]
         score = importance_score(logits, targets, ignore_index)
     else:
+        assert losses is not None
         loss = losses.to(torch.float32, copy=True)
         score = torch.zeros_like(loss)
     return loss, score, philox_uniform(meta[META_SEED], meta[META_STEP], loss.numel(), row_offset)

@@ -72,7 +72,7 @@ class StaleSB:
             self._cache = torch.full((self.num_samples + 1,), float("nan"), device=losses.device)
             self.bad_ids = torch.zeros((), dtype=torch.int64, device=losses.device)
         slots, _ = self._slots(sample_ids, losses.shape[0])
-        self._cache[slots] = losses.detach().float()
+        self._cache[slots] = losses.detach().float()  # made above
 
     def cached(self, sample_ids: Tensor) -> Tensor:
         if self._cache is None:
@@ -92,6 +92,7 @@ class StaleSB:
 
     def _slots(self, sample_ids: Tensor, n: int) -> tuple[Tensor, Tensor]:
         """Cache slots of the ids (the spare slot for ids out of range) and which ids were out of range."""
+        assert self._cache is not None and self.bad_ids is not None  # store() or cached() made them
         if not isinstance(sample_ids, Tensor) or sample_ids.dim() != 1 or sample_ids.shape[0] != n:
             raise ValueError(f"sample_ids must be a 1-D tensor of {n} dataset indices, got {sample_ids!r:.80}")
         if sample_ids.dtype not in (torch.int64, torch.int32) or sample_ids.device != self._cache.device:
@@ -104,7 +105,7 @@ class StaleSB:
         return torch.where(bad, self.num_samples, sample_ids.long()), bad
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cache": None if self._cache is None else self.cache.clone()}
+        return {"cache": None if self._cache is None else self._cache[: self.num_samples].clone()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the cache; refuses one of another size or dtype (its values are any losses, NaN included)."""

@@ -19,7 +19,7 @@ class Selection(NamedTuple):
     """
 
     indices: torch.Tensor
-    count: torch.Tensor
+    count: torch.Tensor  # type: ignore[assignment]  # shadows tuple.count; the name is the API
     loss: torch.Tensor
     prob: torch.Tensor
     weight: torch.Tensor | None = None

@@ -7,9 +7,15 @@ kernels the constexprs of ``kernels/common.py``, so no slot is ever written as a
 
 from __future__ import annotations
 
-from . import library
+import torch  # noqa: F401  (loads libc10 and libtorch, which the extension links against)
 
-_C = library.extension()
+try:
+    from . import _C  # type: ignore[attr-defined]  # loading the library runs its TORCH_LIBRARY registrations (every C++ op)
+except ImportError as error:  # pragma: no cover - exercised only on an unbuilt checkout
+    raise ImportError(
+        "sbkernels._C, the compiled extension, is not built: run `make build` (or `pip install -e . "
+        "--no-build-isolation`) in the sbkernels checkout"
+    ) from error
 
 META_PUSHED: int = _C.META_PUSHED  # losses ever pushed into the history
 META_SEED: int = _C.META_SEED  # Philox seed

@@ -135,8 +135,8 @@ def check_saved_state(state_dict: Any, history_size: int) -> tuple[torch.Tensor,
         version = state_dict.get("version") if isinstance(state_dict, dict) else type(state_dict).__name__
         raise ValueError(f"unsupported SelectorState state_dict version {version!r}")
     history, meta = state_dict.get("history"), state_dict.get("meta")
-    _check_saved_tensor("history", history, torch.float32, (history_size,), "history_size")
-    _check_saved_tensor("meta", meta, torch.int64, (META_SIZE,), "META_SIZE")
+    history = _check_saved_tensor("history", history, torch.float32, (history_size,), "history_size")
+    meta = _check_saved_tensor("meta", meta, torch.int64, (META_SIZE,), "META_SIZE")
     if not bool(torch.isfinite(history).all()):
         raise ValueError("corrupted SelectorState: the saved history holds NaN or infinite losses, which no run pushes")
     counters = meta[[META_PUSHED, META_STEP, META_NONFINITE, META_BAD_TARGETS, META_SIZE_MISMATCH]].tolist()
@@ -146,10 +146,13 @@ def check_saved_state(state_dict: Any, history_size: int) -> tuple[torch.Tensor,
     return history, meta
 
 
-def _check_saved_tensor(name: str, value: object, dtype: torch.dtype, shape: tuple[int, ...], what: str) -> None:
+def _check_saved_tensor(
+    name: str, value: object, dtype: torch.dtype, shape: tuple[int, ...], what: str
+) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"corrupted SelectorState: {name} must be a tensor, got {type(value).__name__}")
     if value.dtype != dtype:
         raise ValueError(f"corrupted SelectorState: {name} must be {dtype}, got {value.dtype}")
     if tuple(value.shape) != shape:
         raise ValueError(f"{what} mismatch: saved {name} has shape {tuple(value.shape)}, this state {shape}")
+    return value

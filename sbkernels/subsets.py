@@ -1,10 +1,10 @@
-"""Dataset-level subset selection (seed 003): Grad-Match, Cached-Grad-Match and RandomPB.
+"""Dataset-level subset selection: Grad-Match, Cached-Grad-Match and RandomPB.
 
 - :class:`GradMatchSubsets` (Killamsetty et al. 2021): every ``select_every`` epochs from ``select_after`` on,
   choose a weighted subset of ``fraction`` of the training set whose last-layer gradients match the full
-  training gradient (per class or over the whole set), by :func:`sbkernels.gradmatch.omp_nnls`. An optional
-  warm start trains on all the data first; :func:`select_after_within_budget` places ``select_after`` so that
-  the warm start costs no more than the subset epochs it replaces (CORDS's schedule).
+  training gradient (per class or over the whole set), by non-negative OMP (:func:`sbkernels.ops._omp.omp_nnls`).
+  An optional warm start trains on all the data first; :func:`select_after_within_budget` places
+  ``select_after`` so that the warm start costs no more than the subset epochs it replaces (CORDS's schedule).
 - :class:`SubsetRecorder` / :class:`SubsetReplayer`: write each round's indices and weights to a file and
   read them back, so a later run trains on the same subsets without selecting (Cached-Grad-Match).
 - :class:`RandomPB`: the training set cut once into fixed random batches; each epoch trains on a random
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .omp import last_layer_gram, omp_nnls
+from .ops._omp import last_layer_gram, omp_nnls
 
 
 @dataclass

@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import reference
-from .batch_spec import BackwardBatch, BatchSpec
-from .coordinator import StepCoordinator
+from . import ops
 from .distributed import check_same_batch_size
+from .distributed._coordinator import StepCoordinator
 from .policies import SB, Policy
-from .pool import ExclusiveUse, SelectionPool, checked_pool_state
-from .row_count import EventReadback, ReadbackFactory
+from .pool._batch_spec import BackwardBatch, BatchSpec
+from .pool._pool import ExclusiveUse, SelectionPool, checked_pool_state
+from .pool._row_count import EventReadback, ReadbackFactory
 from .schedule import Schedule, StaleSB
 from .selection import Selection
 from .state import SelectorState
@@ -57,7 +57,7 @@ class SelectiveBackprop:
         capacity, readback: passed to the :class:`SelectionPool`.
         process_group: a ``torch.distributed`` group (DDP): the policy's state is made with it ("sb"
             selects globally), every rank takes the same number of backward steps
-            (:class:`~sbkernels.coordinator.StepCoordinator`), and every batch carries ``weight``: train
+            (:class:`~sbkernels.distributed._coordinator.StepCoordinator`), and every batch carries ``weight``: train
             on ``(batch.weight * per_row_loss).sum()``, which DDP's gradient averaging turns into the mean
             over all rows of the step.
         lag: with a group, the pushes between a push and the step decision made from it; the host waits,
@@ -141,9 +141,10 @@ class SelectiveBackprop:
         features: Tensor | None,
     ) -> Selection:  # fmt: skip
         first = self.spec is None
-        if first:
+        if self.spec is None:
             self.spec = BatchSpec.record(batch, self.fields, sample_ids, self.policy.weighted)
-        tensors = self.spec.tensors(batch)
+        spec = self.spec
+        tensors = spec.tensors(batch)
         n, device = tensors[0].shape[0], tensors[0].device
         if first and self.coordinator is not None:  # one synchronous check: every rank passes the same N
             check_same_batch_size(n, self.coordinator.group, device)
@@ -152,21 +153,22 @@ class SelectiveBackprop:
         if self.stale is not None and sample_ids is None:
             raise ValueError("Stale-SB caches losses by dataset index: pass sample_ids=(the batch's indices)")
         fresh = scores is not None
-        if not fresh:
-            if self.stale is None:
-                raise ValueError("observe(None, ...) selects from cached losses: needs stale=StaleSB(...)")
-            scores, targets = self.stale.cached(sample_ids), None
+        if scores is not None:
+            source = scores
+        elif self.stale is None or sample_ids is None:
+            raise ValueError("observe(None, ...) selects from cached losses: needs stale=StaleSB(...)")
+        else:
+            source, targets = self.stale.cached(sample_ids), None
         if self.selecting():
-            extras = {} if features is None else {"features": features}
-            selection = self.policy(scores, targets, **extras)
+            selection = self.policy(source, targets, features=features)
         else:  # schedule off or an interrupt step: the whole batch goes to the backward pass
-            selection = self._everything(scores, targets)
-        if fresh and self.stale is not None:
+            selection = self._everything(source, targets)
+        if fresh and self.stale is not None and sample_ids is not None:
             self.stale.store(sample_ids, selection.loss)
         weight = None
         if self.policy.weighted:  # full-batch steps carry weight 1: every push has the same tensors
-            weight = selection.weight if selection.weight is not None else torch.ones(n, device=scores.device)
-        self.pool.push(selection, *self.spec.flatten(batch, sample_ids, weight))
+            weight = selection.weight if selection.weight is not None else torch.ones(n, device=device)
+        self.pool.push(selection, *spec.flatten(batch, sample_ids, weight))
         if self.coordinator is not None:
             self.coordinator.pushed(self.pool.rows_gathered())
         self.step += 1
@@ -260,8 +262,11 @@ class SelectiveBackprop:
         if targets is None:
             loss = scores.detach().float()
         else:  # the loss of SPEC section 2 (bad targets give NaN, where F.cross_entropy would raise)
-            smoothing = getattr(self.policy, "label_smoothing", 0.0)
-            loss = reference.cross_entropy(scores.detach(), targets, self.policy.ignore_index, smoothing)[0]
+            loss, _ = ops.row_losses(
+                logits=scores.detach(), targets=targets, ignore_index=self.policy.ignore_index,
+                label_smoothing=getattr(self.policy, "label_smoothing", 0.0),
+                backend=ops.resolve(self.policy.backend, device),
+            )  # fmt: skip
         every = torch.arange(n, device=device)
         count = torch.full((), n, dtype=torch.int32, device=device)
         ones = torch.ones(n, device=device)
@@ -269,6 +274,7 @@ class SelectiveBackprop:
 
     def _batch(self, rows: tuple[Tensor, ...], step_weight: Tensor | None = None) -> BackwardBatch:
         self.counts["backward"] += rows[0].shape[0]
+        assert self.spec is not None  # rows exist only after observe() recorded the batch's layout
         batch = self.spec.unflatten(rows)
         if step_weight is None:
             return batch

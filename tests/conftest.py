@@ -24,24 +24,6 @@ import triton.language as tl
 
 from sbkernels.kernels.common import interpreting
 
-HAS_CUDA = torch.cuda.is_available()
-
-
-def kernel_devices() -> list[str]:
-    """Devices on which the Triton path can run in this session."""
-    return ["cpu"] if interpreting() else ["cuda"]
-
-
-def backend_devices() -> list[tuple[str, str]]:
-    """(backend, device) pairs every semantic test runs on."""
-    pairs = [("reference", "cpu"), ("native", "cpu"), *[("triton", d) for d in kernel_devices()]]
-    if HAS_CUDA:
-        pairs.append(("reference", "cuda"))
-    return pairs
-
-
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-
 
 @triton.jit
 def _loop_to_runtime_bound(out_ptr, n):
@@ -67,5 +49,8 @@ def _check_interpreter() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: runs only where CUDA is present")
+    config.addinivalue_line(
+        "markers", "slow: starts processes, compiles or trains (`pytest -m 'not slow'` skips them; CI runs all)"
+    )
     if interpreting():
         _check_interpreter()

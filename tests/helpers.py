@@ -1,14 +1,34 @@
-"""Shared test helpers: random inputs and the selection-equality checks."""
+"""Shared test helpers: the devices and backends a session runs on, random inputs, the selection-equality
+checks. Tests import them from here (``conftest.py`` only sets the session up)."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from sbkernels import reference
+from sbkernels.kernels import interpreting
+from tests.tools.sync_detector import mark_host, note_wait
 
-from .sync_detector import mark_host, note_wait
+HAS_CUDA = torch.cuda.is_available()
+
+
+def kernel_devices() -> list[str]:
+    """Devices on which the Triton path can run in this session."""
+    return ["cpu"] if interpreting() else ["cuda"]
+
+
+def backend_devices() -> list[tuple[str, str]]:
+    """(backend, device) pairs every semantic test runs on."""
+    pairs = [("reference", "cpu"), ("native", "cpu"), *[("triton", d) for d in kernel_devices()]]
+    if HAS_CUDA:
+        pairs.append(("reference", "cuda"))
+    return pairs
+
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
 def random_logits(n: int, num_classes: int, dtype: torch.dtype, device: str, gen: torch.Generator) -> torch.Tensor:

@@ -14,6 +14,8 @@ from examples.demo import cli
 from examples.demo.data import add_label_noise
 from examples.demo.methods import select_methods
 
+pytestmark = pytest.mark.slow
+
 
 def test_demo_runs_every_method_on_a_tiny_budget(tmp_path, capsys):
     out = cli.main(

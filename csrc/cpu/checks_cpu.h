@@ -32,8 +32,8 @@ inline int64_t check_logits_targets(const at::Tensor& logits, const std::optiona
   TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D (N, C), got shape ", logits.sizes());
   TORCH_CHECK(logits.size(1) >= 1 && logits.size(1) < (int64_t{1} << 31), op,
               ": logits need 1 <= C < 2**31 classes, got C = ", logits.size(1));
-  TORCH_CHECK(logits.stride(1) == 1 || logits.size(0) == 0, op,
-              ": logits need unit stride along C, got strides ", logits.strides(), "; pass logits.contiguous()");
+  TORCH_CHECK(logits.stride(1) == 1 || logits.size(0) == 0, op, ": logits need unit stride along C, got strides ",
+              logits.strides(), "; pass logits.contiguous()");
   TORCH_CHECK(logits.stride(0) >= 0, op, ": logits need a non-negative row stride, got ", logits.stride(0));
   const auto dtype = logits.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
@@ -83,10 +83,11 @@ inline void check_meta(const at::Tensor& meta, const char* op) {
 // SelectorState.history: a contiguous float32 (R,) CPU tensor, R >= 1.
 inline void check_history(const at::Tensor& history, const char* op) {
   check_cpu(history, op, "history");
-  TORCH_CHECK(history.scalar_type() == at::kFloat && history.dim() == 1 && history.size(0) >= 1 &&
-                  history.is_contiguous(),
-              op, ": history must be a contiguous float32 tensor of shape (R,) with R >= 1 (SelectorState.history), "
-              "got ", history.scalar_type(), " of shape ", history.sizes());
+  TORCH_CHECK(
+      history.scalar_type() == at::kFloat && history.dim() == 1 && history.size(0) >= 1 && history.is_contiguous(), op,
+      ": history must be a contiguous float32 tensor of shape (R,) with R >= 1 (SelectorState.history), "
+      "got ",
+      history.scalar_type(), " of shape ", history.sizes());
 }
 
 inline void check_range(double value, double low, double high, bool high_open, const char* op, const char* name) {
@@ -96,8 +97,8 @@ inline void check_range(double value, double low, double high, bool high_open, c
 
 // The first Philox row counter of a call: row_offset + N must stay below 2**32.
 inline void check_row_offset(int64_t row_offset, int64_t n, const char* op) {
-  TORCH_CHECK(row_offset >= 0 && row_offset <= kMaxRowOffset - n, op, ": row_offset must be in [0, 2**32 - N] (N = ",
-              n, "), got ", row_offset);
+  TORCH_CHECK(row_offset >= 0 && row_offset <= kMaxRowOffset - n, op, ": row_offset must be in [0, 2**32 - N] (N = ", n,
+              "), got ", row_offset);
 }
 
 }  // namespace sbkernels::cpu

@@ -11,15 +11,16 @@
 namespace sbkernels {
 namespace {
 
-void gather_rows_cpu(at::TensorList sources, const at::Tensor& indices, const at::Tensor& count,
-                     at::TensorList outputs, const at::Tensor& cursor) {
+void gather_rows_cpu(at::TensorList sources, const at::Tensor& indices, const at::Tensor& count, at::TensorList outputs,
+                     const at::Tensor& cursor) {
   const int64_t capacity = check_gather_args(sources, indices, count, outputs, cursor, c10::kCPU);
   const int64_t rows = sources[0].size(0);
   const int64_t requested = std::clamp<int64_t>(count.item<int64_t>(), 0, indices.numel());
   int64_t* cur = cursor.data_ptr<int64_t>();
   const int64_t offset = cur[kCursorOffset];
   TORCH_CHECK(offset >= 0 && offset <= capacity, "gather_rows: cursor[", kCursorOffset, "] (the row offset) = ", offset,
-              " lies outside the outputs' [0, ", capacity, "] rows; use a cursor from sbkernels.new_cursor (or zero it)");
+              " lies outside the outputs' [0, ", capacity,
+              "] rows; use a cursor from sbkernels.new_cursor (or zero it)");
   const int64_t n = std::clamp<int64_t>(capacity - offset, 0, requested);
 
   const auto idx = indices.narrow(0, 0, n).to(at::kLong).contiguous();

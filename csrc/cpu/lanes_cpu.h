@@ -69,7 +69,7 @@ SBKERNELS_INLINE typename Lanes<W>::f32 load(const c10::Half* p) {
   constexpr uint32_t kExponent = 0x7c00u << 13;  // the float16 exponent field, moved to float32's place
   u32 o = (h & 0x7fffu) << 13;
   const u32 exponent = o & kExponent;
-  o += (127u - 15u) << 23;  // rebias
+  o += (127u - 15u) << 23;                                                     // rebias
   o += __builtin_bit_cast(u32, exponent == kExponent) & ((128u - 16u) << 23);  // inf and NaN stay so
   // Subnormals and zero: one more exponent step, then subtract 2**-14 as a float.
   const f32 subnormal = __builtin_bit_cast(f32, o + (1u << 23)) - 6.103515625e-05f;
@@ -90,8 +90,9 @@ SBKERNELS_INLINE typename Lanes<W>::f32 load_tail(const T* p, int64_t count, flo
 // AVX-512 loads the tail with a lane mask in one instruction (no element-by-element build).
 template <int W, typename T>
   requires(W == 16)
-__attribute__((target("avx512f,avx512bw,avx512vl"))) SBKERNELS_INLINE Lanes<16>::f32 load_tail(const T* p, int64_t count,
-                                                                                             float fill) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) SBKERNELS_INLINE Lanes<16>::f32 load_tail(const T* p,
+                                                                                               int64_t count,
+                                                                                               float fill) {
   const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1u);
   __m512 x;
   if constexpr (std::is_same_v<T, float>) {
@@ -107,7 +108,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) SBKERNELS_INLINE Lanes<16>:
 #endif
 
 template <typename T>
-SBKERNELS_INLINE float to_float(T x) { return static_cast<float>(x); }
+SBKERNELS_INLINE float to_float(T x) {
+  return static_cast<float>(x);
+}
 
 // The low and high halves of a W-lane vector (float or integer lanes), as register shuffles, for
 // reductions by halving (log2 W steps, not a W-long chain). (Through memory, the accumulators would live on

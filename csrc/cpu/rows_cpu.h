@@ -31,7 +31,8 @@ SBKERNELS_INLINE typename Lanes<W>::f32 exp_nonpositive(typename Lanes<W>::f32 x
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  const typename L::i32 bits = __builtin_bit_cast(typename L::i32, p) + (__builtin_convertvector(n, typename L::i32) << 23);
+  const typename L::i32 bits =
+      __builtin_bit_cast(typename L::i32, p) + (__builtin_convertvector(n, typename L::i32) << 23);
   return underflow ? splat<W>(0.0f) : __builtin_bit_cast(typename L::f32, bits);
 }
 
@@ -149,7 +150,8 @@ SBKERNELS_INLINE RowSums row_sums(const T* row, int64_t num_classes, int64_t tar
     add(b, columns_b + c32);
   }
   if (single) add(load<W>(row + blocks_end), lanes + static_cast<int32_t>(blocks_end));
-  if (tail) add(load_tail<W>(row + blocks_end + single, tail, -kInf), lanes + static_cast<int32_t>(blocks_end + single));
+  if (tail)
+    add(load_tail<W>(row + blocks_end + single, tail, -kInf), lanes + static_cast<int32_t>(blocks_end + single));
   const float total = lane_sum<W>(s);
   RowSums out{shift[0] + std::log(total), 0.0f, 0.0f};
   if constexpr (SCORE) {
@@ -188,7 +190,8 @@ SBKERNELS_INLINE void softmax_minus_onehot(const T* row, int64_t num_classes, in
 
 // The loss of SPEC section 2 from the row's logsumexp; the smoothing term is not formed at eps = 0.
 template <int W, typename T>
-SBKERNELS_INLINE float cross_entropy(const T* row, float lse, int64_t target, int64_t num_classes, float label_smoothing) {
+SBKERNELS_INLINE float cross_entropy(const T* row, float lse, int64_t target, int64_t num_classes,
+                                     float label_smoothing) {
   const float loss = lse - to_float(row[target]);
   if (label_smoothing == 0.0f) return loss;
   const float x_mean = row_sum<W>(row, num_classes) / static_cast<float>(num_classes);

@@ -29,9 +29,9 @@ at::Tensor float_view(float* data, int64_t n) { return at::from_blob(data, {n}, 
 
 struct ScoredRows {
   at::Tensor loss;  // an output
-  float* score;    // scratch (importance only, else nullptr)
-  float* u;        // scratch
-  uint8_t* valid;  // scratch: not ignored, target in range, finite loss
+  float* score;     // scratch (importance only, else nullptr)
+  float* u;         // scratch
+  uint8_t* valid;   // scratch: not ignored, target in range, finite loss
   int64_t n = 0, n_valid = 0;
 };
 
@@ -43,11 +43,14 @@ ScoredRows score_rows(const std::optional<at::Tensor>& logits, const std::option
   const at::Tensor& source = logits.has_value() ? *logits : *losses;
   const int64_t n = source.size(0);
   ScoredRows rows{at::empty({n}, source.options().dtype(at::kFloat)),
-                  with_score ? scratch<float, Scratch::kScore>(n) : nullptr, scratch<float, Scratch::kUniform>(n),
-                  nullptr, n, 0};
+                  with_score ? scratch<float, Scratch::kScore>(n) : nullptr,
+                  scratch<float, Scratch::kUniform>(n),
+                  nullptr,
+                  n,
+                  0};
   int8_t* flags = scratch<int8_t, Scratch::kFlags>(n);
-  row_stats_into(logits, targets, losses, meta, ignore_index, 0.0, row_offset, rows.loss.data_ptr<float>(),
-                 rows.score, rows.u, flags);
+  row_stats_into(logits, targets, losses, meta, ignore_index, 0.0, row_offset, rows.loss.data_ptr<float>(), rows.score,
+                 rows.u, flags);
   const float* loss = rows.loss.const_data_ptr<float>();
   rows.valid = scratch<uint8_t, Scratch::kValid>(n);
   const RowTally tally = tally_rows(flags, loss, n, rows.valid);
@@ -107,7 +110,8 @@ const float* keep_weights(const ScoredRows& rows, double keep) {
   const int64_t n = rows.n;
   const float* loss = rows.loss.const_data_ptr<float>();
   uint64_t* order = scratch<uint64_t, Scratch::kOrder>(n);  // by loss, ties by row: the reference's stable argsort
-  for (int64_t i = 0; i < n; ++i) order[i] = sort_key(rows.valid[i] ? loss[i] : std::numeric_limits<float>::infinity(), i);
+  for (int64_t i = 0; i < n; ++i)
+    order[i] = sort_key(rows.valid[i] ? loss[i] : std::numeric_limits<float>::infinity(), i);
   std::sort(order, order + n);
   // (rank + 0.5) / n_valid in float32, as the reference's elementwise add and division round it; pow by ATen.
   float* base = scratch<float, Scratch::kWork>(n);
@@ -206,7 +210,8 @@ Outputs sample_rows_cpu(const std::optional<at::Tensor>& logits, const std::opti
   check_meta(meta, op);
   check_row_offset(row_offset, n, op);
   if (policy == "keep") {
-    TORCH_CHECK(std::isfinite(param) && param > 0.0 && param <= 1.0, op, ": keep (param) must be in (0, 1], got ", param);
+    TORCH_CHECK(std::isfinite(param) && param > 0.0 && param <= 1.0, op, ": keep (param) must be in (0, 1], got ",
+                param);
   } else {
     TORCH_CHECK(k >= 0 && k <= n, op, ": k must be in [0, N = ", n, "] for policy \"", policy, "\", got ", k);
   }

@@ -8,7 +8,21 @@
 
 namespace sbkernels::cpu {
 
-enum class Scratch { kFlags, kTargets, kValid, kScore, kUniform, kKeys, kOrder, kChosen, kWork, kWeight, kCdf, kTotal, kSorted };
+enum class Scratch {
+  kFlags,
+  kTargets,
+  kValid,
+  kScore,
+  kUniform,
+  kKeys,
+  kOrder,
+  kChosen,
+  kWork,
+  kWeight,
+  kCdf,
+  kTotal,
+  kSorted
+};
 
 // n elements of T for this thread's slot S (contents unspecified; valid until the slot's next use).
 template <typename T, Scratch S>

@@ -32,7 +32,9 @@ constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop ru
 constexpr int64_t kSortedPathRowsPerLogHist = 128;
 
 // Rows per parallel task: enough logits per task that small batches stay on one thread.
-int64_t row_grain(int64_t num_classes) { return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(num_classes, 1)); }
+int64_t row_grain(int64_t num_classes) {
+  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(num_classes, 1));
+}
 
 // One logits matrix and the per-row outputs of the row kernels.
 template <typename T>
@@ -45,7 +47,7 @@ struct RowArgs {
   int64_t ignore_index;
   float label_smoothing;
   float* loss;
-  int8_t* flags;  // the row flags of slots.h
+  int8_t* flags;    // the row flags of slots.h
   float* score;     // kScore only
   float* residual;  // kResidual only: (N, C), unit stride
 };
@@ -122,16 +124,27 @@ std::pair<const int64_t*, int64_t> targets_int64(const at::Tensor& targets) {
 template <RowOutput OUT>
 void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, float label_smoothing,
                  float* loss, int8_t* flags, float* score, float* residual = nullptr) {
-  TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1, "sbkernels CPU kernels take (N, C) logits with unit column stride, got sizes ",
-              logits.sizes(), " and strides ", logits.strides(), "; pass logits.contiguous()");
-  TORCH_CHECK(logits.size(1) < (int64_t{1} << 31), "sbkernels CPU kernels take fewer than 2**31 classes, got ", logits.size(1));
+  TORCH_CHECK(logits.dim() == 2 && logits.stride(1) == 1,
+              "sbkernels CPU kernels take (N, C) logits with unit column stride, got sizes ", logits.sizes(),
+              " and strides ", logits.strides(), "; pass logits.contiguous()");
+  TORCH_CHECK(logits.size(1) < (int64_t{1} << 31), "sbkernels CPU kernels take fewer than 2**31 classes, got ",
+              logits.size(1));
   const auto [target_data, target_stride] = targets_int64(targets);
   const Isa isa = active_isa();
   const int64_t n = logits.size(0), num_classes = logits.size(1);
   auto run = [&](auto* typed) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
-    const RowArgs<T> args{logits.const_data_ptr<T>(), logits.stride(0), target_data, target_stride,
-                          num_classes, ignore_index, label_smoothing, loss, flags, score, residual};
+    const RowArgs<T> args{logits.const_data_ptr<T>(),
+                          logits.stride(0),
+                          target_data,
+                          target_stride,
+                          num_classes,
+                          ignore_index,
+                          label_smoothing,
+                          loss,
+                          flags,
+                          score,
+                          residual};
     at::parallel_for(0, n, row_grain(num_classes),
                      [&](int64_t begin, int64_t end) { row_block_dispatch<OUT>(isa, args, begin, end); });
   };
@@ -162,9 +175,10 @@ at::Tensor row_losses(const std::optional<at::Tensor>& logits, const std::option
   const int64_t n = losses->size(0);
   if (flags.has_value()) {
     check_cpu(*flags, "select_sb_cpu", "flags");
-    TORCH_CHECK(flags->scalar_type() == at::kChar && flags->dim() == 1 && flags->is_contiguous() && flags->numel() == n,
-                "select_sb_cpu: flags must be a contiguous int8 tensor of one entry per loss (sbkernels.rows.row_flags), got ",
-                flags->scalar_type(), " of shape ", flags->sizes());
+    TORCH_CHECK(
+        flags->scalar_type() == at::kChar && flags->dim() == 1 && flags->is_contiguous() && flags->numel() == n,
+        "select_sb_cpu: flags must be a contiguous int8 tensor of one entry per loss (sbkernels.rows.row_flags), got ",
+        flags->scalar_type(), " of shape ", flags->sizes());
     flags_out = flags->const_data_ptr<int8_t>();
   } else {
     int8_t* row_flags = scratch<int8_t, Scratch::kFlags>(n);
@@ -194,9 +208,10 @@ void check_sb_scalars(double beta, double floor, int64_t prime, double label_smo
               ": fixed_prob must be a rate in [0, 1] or negative (the percentile rule), got ", fixed_prob);
   if (fixed_prob < 0) {
     TORCH_CHECK(std::isfinite(beta) && beta > 0, op, ": beta must be a finite number > 0, got ", beta);
-    TORCH_CHECK(beta_int == 0 || (beta_int >= 1 && beta_int <= kMaxIntegerBeta && beta == static_cast<double>(beta_int)),
-                op, ": beta_int must be 0 or beta itself when beta is a whole number in [1, ", kMaxIntegerBeta,
-                "], got beta_int = ", beta_int, " for beta = ", beta);
+    TORCH_CHECK(
+        beta_int == 0 || (beta_int >= 1 && beta_int <= kMaxIntegerBeta && beta == static_cast<double>(beta_int)), op,
+        ": beta_int must be 0 or beta itself when beta is a whole number in [1, ", kMaxIntegerBeta,
+        "], got beta_int = ", beta_int, " for beta = ", beta);
   }
   check_range(floor, 0.0, 1.0, /*high_open=*/false, op, "floor");
   TORCH_CHECK(prime >= 0, op, ": prime must be >= 0, got ", prime);
@@ -308,11 +323,11 @@ void row_stats_into(const std::optional<at::Tensor>& logits, const std::optional
   TORCH_CHECK(logits.has_value() != losses.has_value(), "row_stats_cpu: pass logits (with targets) or losses");
   const int64_t n = logits.has_value() ? logits->size(0) : losses->size(0);
   if (logits.has_value() && score != nullptr) {
-    logits_rows<RowOutput::kScore>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss,
-                                   flags, score);
+    logits_rows<RowOutput::kScore>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss, flags,
+                                   score);
   } else if (logits.has_value()) {  // the score's extra sums cost ~40% more per logit: skip them
-    logits_rows<RowOutput::kLoss>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss,
-                                  flags, nullptr);
+    logits_rows<RowOutput::kLoss>(*logits, *targets, ignore_index, static_cast<float>(label_smoothing), loss, flags,
+                                  nullptr);
   } else {
     at::from_blob(loss, {n}, at::TensorOptions().dtype(at::kFloat)).copy_(*losses);  // any float dtype
     if (score != nullptr) std::fill_n(score, n, 0.0f);
@@ -328,10 +343,11 @@ void row_stats_into(const std::optional<at::Tensor>& logits, const std::optional
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(
-    const std::optional<at::Tensor>& logits, const std::optional<at::Tensor>& targets,
-    const std::optional<at::Tensor>& losses, const at::Tensor& meta, int64_t ignore_index, double label_smoothing,
-    int64_t row_offset) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> row_stats_cpu(const std::optional<at::Tensor>& logits,
+                                                             const std::optional<at::Tensor>& targets,
+                                                             const std::optional<at::Tensor>& losses,
+                                                             const at::Tensor& meta, int64_t ignore_index,
+                                                             double label_smoothing, int64_t row_offset) {
   const int64_t n = check_source(logits, targets, losses, "row_stats_cpu");
   check_meta(meta, "row_stats_cpu");
   check_range(label_smoothing, 0.0, 1.0, /*high_open=*/true, "row_stats_cpu", "label_smoothing");

@@ -52,8 +52,7 @@ __device__ void zero_run(const GatherTensor& t, char* dst, int64_t begin, int64_
 }
 
 // Element-wise copy of a row whose trailing dims are strided; elements [begin, end) of the row.
-__device__ void copy_strided(const GatherTensor& t, const char* src_row, char* dst_row, int64_t begin,
-                             int64_t end) {
+__device__ void copy_strided(const GatherTensor& t, const char* src_row, char* dst_row, int64_t begin, int64_t end) {
   for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
     int64_t rest = e;
     int64_t src_elem = 0;

@@ -10,20 +10,20 @@
 
 namespace sbkernels {
 
-constexpr int kGatherMaxTensors = 8;   // tensors per launch; the binding splits longer lists
+constexpr int kGatherMaxTensors = 8;    // tensors per launch; the binding splits longer lists
 constexpr int kGatherMaxInnerDims = 6;  // trailing dims of a non-contiguous source row
 constexpr int kGatherThreads = 256;     // threads per block
 constexpr int64_t kGatherChunkUnits = int64_t{kGatherThreads} * 4;  // copy units per work item
 
 struct GatherTensor {
   const char* src;
-  char* dst;                  // row 0 of the output
-  int64_t src_row_stride;     // bytes between source rows
-  int64_t row_bytes;          // bytes of one output row (contiguous)
+  char* dst;               // row 0 of the output
+  int64_t src_row_stride;  // bytes between source rows
+  int64_t row_bytes;       // bytes of one output row (contiguous)
   int32_t elem_bytes;
-  int32_t vec_bytes;          // 16, 8, 4, 2 or 1: widest copy unit every row start and size allows
-  int32_t contiguous_rows;    // 1: a source row is one contiguous run of row_bytes
-  int32_t inner_dims;         // otherwise: the row's trailing dims, innermost last
+  int32_t vec_bytes;        // 16, 8, 4, 2 or 1: widest copy unit every row start and size allows
+  int32_t contiguous_rows;  // 1: a source row is one contiguous run of row_bytes
+  int32_t inner_dims;       // otherwise: the row's trailing dims, innermost last
   int64_t inner_sizes[kGatherMaxInnerDims];
   int64_t inner_strides[kGatherMaxInnerDims];  // in elements
 };
@@ -32,16 +32,16 @@ struct GatherParams {
   GatherTensor tensors[kGatherMaxTensors];
   int32_t num_tensors;
   int32_t count_is_int64;
-  const void* count;          // 0-d int32/int64 on the device: rows requested
-  const void* indices;        // (num_indices,) int64 or int32
+  const void* count;    // 0-d int32/int64 on the device: rows requested
+  const void* indices;  // (num_indices,) int64 or int32
   int32_t indices_are_int64;
   int64_t num_indices;
-  int64_t source_rows;        // N: indices outside [0, N) are zero-filled and counted
-  int64_t capacity;           // M: output rows
-  int64_t* cursor;            // kCursor* slots (slots.h)
-  int64_t chunk_units;        // copy units per work item (kGatherChunkUnits)
-  int32_t last_launch;        // 1 for the launch that advances the cursor and counts invalid indices; the
-                              // others (tensors beyond the first kGatherMaxTensors) only copy
+  int64_t source_rows;  // N: indices outside [0, N) are zero-filled and counted
+  int64_t capacity;     // M: output rows
+  int64_t* cursor;      // kCursor* slots (slots.h)
+  int64_t chunk_units;  // copy units per work item (kGatherChunkUnits)
+  int32_t last_launch;  // 1 for the launch that advances the cursor and counts invalid indices; the
+                        // others (tensors beyond the first kGatherMaxTensors) only copy
 };
 
 // Copy units of one row of `t`: vec_bytes each when its rows are contiguous, elements otherwise.

@@ -15,7 +15,7 @@ One pass over the logits computes, per row i, in float32 math:
   global batch would.
 
 Given losses instead of logits it only loads them and draws u. The sampling that follows works on these
-N-vectors with a few torch ops (sbkernels/sampling.py), identical for the kernel and the reference.
+N-vectors with a few torch ops (sbkernels/ops/_sampling.py), identical for the kernel and the reference.
 """
 
 from __future__ import annotations

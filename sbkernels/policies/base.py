@@ -21,13 +21,14 @@ class Policy:
         history_size: R of the state's loss history (used by the policies that rank against it).
         seed: Philox seed: the same batches and seed select the same rows, on CPU and GPU.
         ignore_index: target value marking rows that are never selected.
-        backend: "auto", "triton" or "reference" (see :mod:`sbkernels.backend`).
+        backend: "auto", "native", "triton" or "reference" (see :mod:`sbkernels.ops.backends`).
         state: an existing state to use instead of making one.
         process_group: a ``torch.distributed`` group for the state this policy makes (SPEC section 8).
     """
 
     name: ClassVar[str]
     weighted: ClassVar[bool] = False  # whether Selection.weight is returned (per-row loss weights)
+    uses_features: ClassVar[bool] = False  # whether select() reads penultimate features (GradMatch)
 
     def __init__(
         self,
@@ -44,11 +45,16 @@ class Policy:
         self.state = state
         self.process_group = process_group if state is None else state.process_group
 
-    def __call__(self, scores: Tensor, targets: Tensor | None = None, **extras: Any) -> Selection:
-        """Select rows of one batch: ``scores`` are (N, C) logits with (N,) ``targets``, or (N,) losses."""
-        return self.select(scores, targets, self.state_on(scores.device), **extras)
+    def __call__(self, source: Tensor, targets: Tensor | None = None, *, features: Tensor | None = None) -> Selection:
+        """Select rows of one batch: ``source`` is (N, C) logits with (N,) ``targets``, or (N,) losses;
+        ``features`` (N, ...) penultimate activations for the policies that use them (``GradMatch``)."""
+        if features is not None and not self.uses_features:
+            raise ValueError(f"{type(self).__name__} does not use features; pass them only to GradMatch")
+        return self.select(source, targets, self.state_on(source.device), features=features)
 
-    def select(self, scores: Tensor, targets: Tensor | None, state: SelectorState, **extras: Any) -> Selection:
+    def select(
+        self, source: Tensor, targets: Tensor | None, state: SelectorState, *, features: Tensor | None = None
+    ) -> Selection:
         raise NotImplementedError
 
     def state_on(self, device: torch.device) -> SelectorState:

@@ -7,38 +7,13 @@ drawn row's loss by it gives an unbiased estimate of the batch's mean loss gradi
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .. import backend as backends
-from .. import checks, library, sampling
-from ..distributed import row_offset
+from .. import _checks as checks
+from .. import distributed, ops
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
-from .scored import score_rows
-
-
-def _check_importance(logits, targets, meta, k, row_offset, ignore_index, backend) -> None:
-    checks.check_op_inputs(logits, targets, None, None, None, meta, backend)
-    checks.check_k(k, logits.shape[0])
-    checks.check_row_offset(row_offset, logits.shape[0])
-
-
-@library.register_op("importance", mutates_args={"meta"}, check=_check_importance)
-def _importance_op(
-    logits: Tensor, targets: Tensor, meta: Tensor, k: int, row_offset: int, ignore_index: int, backend: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if backend == "native":  # the whole op in one C++ call (csrc/cpu/sample_cpu.cpp)
-        return torch.ops.sbkernels.sample_rows_cpu(
-            logits, targets, None, meta, "importance", 0.0, k, ignore_index, row_offset
-        )
-    rows = score_rows(logits, targets, None, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
-    q = sampling.proportional_distribution(rows.score, rows.valid)
-    indices, count = sampling.sample_proportional(q, rows.u, k)
-    n_valid = rows.valid.sum().clamp_min(1)
-    weight = torch.where(q > 0, 1.0 / (n_valid * q.clamp_min(1e-30)), torch.zeros_like(q))
-    return indices, count, rows.loss, q, weight
 
 
 def select_importance(
@@ -56,11 +31,10 @@ def select_importance(
     """
     checks.check_source(logits, targets, state)
     checks.check_k(k, logits.shape[0])
-    out = library.call(
-        "importance", logits, targets, state.meta, k, row_offset(state, logits.shape[0]), ignore_index,
-        backends.resolve(backend, logits.device),
+    return ops.importance(
+        logits=logits, targets=targets, meta=state.meta, k=k, row_offset=distributed.row_offset(state, logits.shape[0]),
+        ignore_index=ignore_index, backend=ops.resolve(backend, logits.device),
     )  # fmt: skip
-    return Selection(*out)
 
 
 class Importance(Policy):
@@ -74,11 +48,13 @@ class Importance(Policy):
         super().__init__(**common)
         self.k = k
 
-    def select(self, scores: Tensor, targets: Tensor | None, state: SelectorState) -> Selection:
+    def select(
+        self, source: Tensor, targets: Tensor | None, state: SelectorState, *, features: Tensor | None = None
+    ) -> Selection:
         if targets is None:
             raise ValueError('policy "importance" scores rows from logits: pass (logits, targets), not losses')
-        k = min(self.k, scores.shape[0])
-        return select_importance(scores, targets, state, k, ignore_index=self.ignore_index, backend=self.backend)
+        k = min(self.k, source.shape[0])
+        return select_importance(source, targets, state, k, ignore_index=self.ignore_index, backend=self.backend)
 
     def _parameters(self) -> dict:
         return {"k": self.k}

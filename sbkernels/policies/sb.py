@@ -1,109 +1,18 @@
 """Policy "sb" (Jiang et al. 2019): keep each row with probability ``max(floor, pct ** beta)``.
 
-``pct`` is the row's loss percentile against the state's history of recent losses (SPEC section 2). One
-fused launch on CUDA (:mod:`sbkernels.kernels.select_sb`); one native C++ call on CPU by default
-(``csrc/cpu/select_cpu.cpp``).
+``pct`` is the row's loss percentile against the state's history of recent losses (SPEC section 2). The op
+``select_sb`` (:func:`sbkernels.ops.select_sb`) does it in one fused pass on every backend.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .. import backend as backends
-from .. import checks, library, reference
-from ..distributed import SelectGathered, global_selection
-from ..kernels import launch_select_sb
-from ..rows import flag_masks, integer_beta
+from .. import _checks as checks
+from .. import distributed, ops
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
-
-
-def fused_selection(
-    logits: Tensor | None,
-    targets: Tensor | None,
-    losses: Tensor | None,
-    flags: Tensor | None,
-    history: Tensor,
-    meta: Tensor,
-    *,
-    beta: float,
-    floor: float,
-    prime: int,
-    ignore_index: int,
-    label_smoothing: float,
-    fixed_prob: float,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The body of the "sb" and "uniform" (rate) ops: ``fixed_prob >= 0`` replaces the percentile rule.
-
-    ``flags`` (with ``losses``): each row's :func:`~sbkernels.rows.row_flags`, for losses gathered from the
-    ranks of a process group, whose ignored and bad-target rows must stay so.
-    """
-    if backend == "native":
-        return torch.ops.sbkernels.select_sb_cpu(
-            logits, targets, losses, flags, history, meta, beta, floor, prime, ignore_index, label_smoothing,
-            fixed_prob, integer_beta(beta),
-        )  # fmt: skip
-    if backend == "triton":
-        return launch_select_sb(
-            logits=logits, targets=targets, losses=losses, flags=flags, history=history, meta=meta, beta=beta,
-            floor=floor, prime=prime, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            fixed_prob=fixed_prob,
-        )  # fmt: skip
-    if logits is not None:
-        loss, ignored, bad = reference.cross_entropy(logits, targets, ignore_index, label_smoothing)
-    else:
-        loss = losses.to(torch.float32, copy=True)  # an op's output must not alias its input
-        if flags is not None:
-            ignored, bad = flag_masks(flags)
-        else:
-            ignored = bad = torch.zeros(loss.shape, dtype=torch.bool, device=loss.device)
-    return reference.select_sb(loss, ignored, bad, history, meta, beta, floor, prime, fixed_prob)
-
-
-def _check_select_sb(
-    logits, targets, losses, flags, history, meta, beta, floor, prime, ignore_index, label_smoothing, backend
-) -> None:
-    checks.check_op_inputs(logits, targets, losses, flags, history, meta, backend)
-    checks.check_sb_params(beta, floor, prime, label_smoothing)
-
-
-@library.register_op("select_sb", mutates_args={"history", "meta"}, check=_check_select_sb)
-def _select_sb_op(
-    logits: Tensor | None,
-    targets: Tensor | None,
-    losses: Tensor | None,
-    flags: Tensor | None,
-    history: Tensor,
-    meta: Tensor,
-    beta: float,
-    floor: float,
-    prime: int,
-    ignore_index: int,
-    label_smoothing: float,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return fused_selection(
-        logits, targets, losses, flags, history, meta, beta=beta, floor=floor, prime=prime,
-        ignore_index=ignore_index, label_smoothing=label_smoothing, fixed_prob=-1.0, backend=backend,
-    )  # fmt: skip
-
-
-def _select_sb_losses(
-    losses: Tensor, flags: Tensor | None, state: SelectorState, beta: float, floor: float, prime: int, backend: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The "sb" op on given losses (and, for losses gathered from every rank, their flags)."""
-    return library.call(
-        "select_sb", None, None, losses, flags, state.history, state.meta, float(beta), float(floor), prime, -100,
-        0.0, backend,
-    )  # fmt: skip
-
-
-def _on_gathered(state: SelectorState, beta: float, floor: float, prime: int, backend: str) -> SelectGathered:
-    """The "sb" op on losses gathered from every rank, with their flags."""
-    return lambda losses, flags: _select_sb_losses(losses, flags, state, beta, floor, prime, backend)
 
 
 def select(
@@ -146,18 +55,20 @@ def select(
     """
     checks.check_sb_params(beta, floor, prime, label_smoothing)
     checks.check_source(logits, targets, state)
-    backend = backends.resolve(backend, logits.device)
+    backend = ops.resolve(backend, logits.device)
     if state.process_group is not None:
-        sel = global_selection(
-            logits, targets, state, _on_gathered(state, beta, floor, prime, backend), ignore_index=ignore_index,
-            label_smoothing=label_smoothing, backend=backend, validate=validate,
+        gathered = distributed.gather_losses(
+            logits, targets, state, ignore_index=ignore_index, label_smoothing=label_smoothing, backend=backend,
+            validate=validate,
         )  # fmt: skip
+        sel = distributed.local_rows(
+            gathered, _on_losses(gathered.losses, gathered.flags, state, beta, floor, prime, backend)
+        )
     else:
-        out = library.call(
-            "select_sb", logits, targets, None, None, state.history, state.meta, float(beta), float(floor), prime,
-            ignore_index, float(label_smoothing), backend,
+        sel = ops.select_sb(
+            logits=logits, targets=targets, history=state.history, meta=state.meta, beta=beta, floor=floor,
+            prime=prime, ignore_index=ignore_index, label_smoothing=label_smoothing, backend=backend,
         )  # fmt: skip
-        sel = Selection(*out)
     if validate:
         state.check()
     return sel
@@ -178,13 +89,25 @@ def select_losses(
     """
     checks.check_sb_params(beta, floor, prime)
     checks.check_source(losses, None, state)
-    backend = backends.resolve(backend, losses.device)
+    backend = ops.resolve(backend, losses.device)
     if state.process_group is not None:
-        return global_selection(
-            losses, None, state, _on_gathered(state, beta, floor, prime, backend), ignore_index=-100,
-            label_smoothing=0.0, backend=backend,
-        )  # fmt: skip
-    return Selection(*_select_sb_losses(losses, None, state, beta, floor, prime, backend))
+        gathered = distributed.gather_losses(
+            losses, None, state, ignore_index=-100, label_smoothing=0.0, backend=backend
+        )
+        return distributed.local_rows(
+            gathered, _on_losses(gathered.losses, gathered.flags, state, beta, floor, prime, backend)
+        )
+    return _on_losses(losses, None, state, beta, floor, prime, backend)
+
+
+def _on_losses(
+    losses: Tensor, flags: Tensor | None, state: SelectorState, beta: float, floor: float, prime: int, backend: str
+) -> Selection:
+    """The "sb" op on given losses (and, for losses gathered from every rank, their flags)."""
+    return ops.select_sb(
+        losses=losses, flags=flags, history=state.history, meta=state.meta, beta=beta, floor=floor, prime=prime,
+        backend=backend,
+    )  # fmt: skip
 
 
 class SB(Policy):
@@ -203,11 +126,13 @@ class SB(Policy):
         super().__init__(**common)
         self.beta, self.floor, self.prime, self.label_smoothing = beta, floor, prime, label_smoothing
 
-    def select(self, scores: Tensor, targets: Tensor | None, state: SelectorState) -> Selection:
+    def select(
+        self, source: Tensor, targets: Tensor | None, state: SelectorState, *, features: Tensor | None = None
+    ) -> Selection:
         if targets is None:
-            return select_losses(scores, state, self.beta, self.floor, self.prime, backend=self.backend)
+            return select_losses(source, state, self.beta, self.floor, self.prime, backend=self.backend)
         return select(
-            scores, targets, state, self.beta, self.floor, self.prime, self.ignore_index, self.label_smoothing,
+            source, targets, state, self.beta, self.floor, self.prime, self.ignore_index, self.label_smoothing,
             backend=self.backend,
         )  # fmt: skip
 

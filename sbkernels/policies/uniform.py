@@ -7,48 +7,13 @@ without replacement from the scoring pass and pushes nothing.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .. import backend as backends
-from .. import checks, library, sampling
-from ..distributed import global_selection, row_offset
+from .. import _checks as checks
+from .. import distributed, ops
 from ..selection import Selection
 from ..state import SelectorState
 from .base import Policy
-from .sb import fused_selection
-from .scored import score_rows
-
-
-def _check_uniform(logits, targets, losses, flags, history, meta, rate, k, row_offset, ignore_index, backend) -> None:
-    source = checks.check_op_inputs(logits, targets, losses, flags, history, meta, backend)
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate <= 1.0:  # NaN fails too
-        raise ValueError(f"rate must be in [0, 1], or negative to draw exactly k rows, got {rate!r}")
-    if rate < 0:
-        checks.check_k(k, source.shape[0])
-    checks.check_row_offset(row_offset, source.shape[0])
-
-
-@library.register_op("uniform", mutates_args={"history", "meta"}, check=_check_uniform)
-def _uniform_op(
-    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, flags: Tensor | None, history: Tensor,
-    meta: Tensor, rate: float, k: int, row_offset: int, ignore_index: int, backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    if rate >= 0:
-        return fused_selection(
-            logits, targets, losses, flags, history, meta, beta=1.0, floor=0.0, prime=0, ignore_index=ignore_index,
-            label_smoothing=0.0, fixed_prob=rate, backend=backend,
-        )  # fmt: skip
-    if backend == "native":  # the whole op in one C++ call (csrc/cpu/sample_cpu.cpp)
-        out = torch.ops.sbkernels.sample_rows_cpu(
-            logits, targets, losses, meta, "uniform", 0.0, k, ignore_index, row_offset
-        )
-        return out[:4]
-    rows = score_rows(logits, targets, losses, meta, ignore_index=ignore_index, row_offset=row_offset, backend=backend)
-    indices, count = sampling.sample_without_replacement(rows.valid.float(), rows.u, k)
-    n_valid = rows.valid.sum().clamp_min(1)
-    prob = torch.where(rows.valid, n_valid.clamp_max(k) / n_valid, 0.0)  # the inclusion probability
-    return indices, count, rows.loss, prob
 
 
 def select_uniform(
@@ -62,34 +27,27 @@ def select_uniform(
     backend: str | None = None,
 ) -> Selection:
     """Loss-blind baseline: each valid row with probability ``rate``, or exactly ``k`` rows."""
-    _check_rate_or_k(rate, k)
+    checks.check_rate_or_k(rate, k)
     checks.check_source(source, targets, state)
     if k is not None:
         checks.check_k(k, source.shape[0])
-    backend = backends.resolve(backend, source.device)
+    backend = ops.resolve(backend, source.device)
     if rate is not None and state.process_group is not None:  # a rate is global, like "sb"
-
-        def on_gathered(losses: Tensor, flags: Tensor):
-            return library.call(
-                "uniform", None, None, losses, flags, state.history, state.meta, float(rate), -1, 0, -100, backend
-            )
-
-        return global_selection(
-            source, targets, state, on_gathered, ignore_index=ignore_index, label_smoothing=0.0, backend=backend
+        gathered = distributed.gather_losses(
+            source, targets, state, ignore_index=ignore_index, label_smoothing=0.0, backend=backend
         )
+        return distributed.local_rows(
+            gathered,
+            ops.uniform(
+                losses=gathered.losses, flags=gathered.flags, history=state.history, meta=state.meta, rate=rate,
+                backend=backend,
+            ),
+        )  # fmt: skip
     logits, losses = (source, None) if targets is not None else (None, source)
-    out = library.call(
-        "uniform", logits, targets, losses, None, state.history, state.meta, -1.0 if rate is None else float(rate),
-        -1 if k is None else k, row_offset(state, source.shape[0]), ignore_index, backend,
+    return ops.uniform(
+        logits=logits, targets=targets, losses=losses, history=state.history, meta=state.meta, rate=rate, k=k,
+        row_offset=distributed.row_offset(state, source.shape[0]), ignore_index=ignore_index, backend=backend,
     )  # fmt: skip
-    return Selection(*out)
-
-
-def _check_rate_or_k(rate: float | None, k: int | None) -> None:
-    if (rate is None) == (k is None):
-        raise ValueError("pass exactly one of rate or k")
-    if rate is not None:
-        checks.check_fraction("rate", rate, low_open=False)
 
 
 class Uniform(Policy):
@@ -98,14 +56,16 @@ class Uniform(Policy):
     name = "uniform"
 
     def __init__(self, rate: float | None = None, k: int | None = None, **common) -> None:
-        _check_rate_or_k(rate, k)
+        checks.check_rate_or_k(rate, k)
         super().__init__(**common)
         self.rate, self.k = rate, k
 
-    def select(self, scores: Tensor, targets: Tensor | None, state: SelectorState) -> Selection:
-        k = None if self.k is None else min(self.k, scores.shape[0])  # a short last batch
+    def select(
+        self, source: Tensor, targets: Tensor | None, state: SelectorState, *, features: Tensor | None = None
+    ) -> Selection:
+        k = None if self.k is None else min(self.k, source.shape[0])  # a short last batch
         return select_uniform(
-            scores, targets, state, self.rate, k, ignore_index=self.ignore_index, backend=self.backend
+            source, targets, state, self.rate, k, ignore_index=self.ignore_index, backend=self.backend
         )
 
     def _parameters(self) -> dict:

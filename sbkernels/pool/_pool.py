@@ -1,0 +1,292 @@
+"""SelectionPool: collect selected rows across calls and hand out backward batches of exactly batch_size.
+
+Two halves: :class:`~sbkernels.pool._buffers.RowBuffers` holds the rows on the device and gathers them there
+(``gather_rows`` reads each selection's count on the device); :class:`~sbkernels.pool._row_count.RowCount` is what
+the host knows about them, from cursor readbacks that complete asynchronously on CUDA (pinned memory +
+event, ``EventReadback``), so a batch may surface a push late but the host never blocks on the GPU.
+
+Before a push the host checks that the upper bound on the rows held leaves room; only if it cannot be
+sure does it wait for an outstanding readback, and if the pool really is full it raises. ``ready_batches``
+likewise waits and drains when the bounds cannot show that another push of the largest size seen fits, so
+a loop of push + ready_batches never finds the pool full. Rows are never dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..selection import Selection
+from ..slots import CURSOR_OFFSET
+from ._buffers import Layout, RowBuffers
+from ._row_count import EventReadback, ReadbackFactory, RowCount
+
+
+class ExclusiveUse:
+    """``with guard("call"):`` raises ``RuntimeError`` when another thread is inside a guarded call of the same
+    object, instead of letting two threads interleave its counts. Never waits: a lock taken without blocking.
+
+    A plain context-manager class, not ``contextlib.contextmanager``: it guards every push and every batch
+    handed out, and the generator-based form costs several times more per call."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner, self.lock = owner, threading.Lock()
+
+    def __call__(self, call: str) -> _GuardedCall:
+        return _GuardedCall(self, call)
+
+
+class _GuardedCall:
+    __slots__ = ("call", "guard")
+
+    def __init__(self, guard: ExclusiveUse, call: str) -> None:
+        self.guard, self.call = guard, call
+
+    def __enter__(self) -> None:
+        if not self.guard.lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{self.guard.owner}.{self.call}: another thread is inside a call on this object; a pool, a policy "
+                "and the SelectiveBackprop that owns them belong to one thread at a time: guard them with a lock"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self.guard.lock.release()
+
+
+class SelectionPool:
+    """Accumulates selected rows and yields backward batches of exactly ``batch_size`` rows.
+
+    Args:
+        batch_size: rows per backward batch.
+        capacity: rows the device buffers hold. Default: ``batch_size + 2 * N`` for the largest N pushed
+            so far (the buffers grow, on the device, when a larger push arrives), so that the host never
+            waits while the GPU is at most one push behind. An explicit capacity is fixed and must be at
+            least ``batch_size - 1 + N`` for every push (checked, with a clear error); the tighter it is,
+            the more often the host waits for a row count.
+        readback: how the row count reaches the host: a factory called with the cursor after each push,
+            returning a :class:`~sbkernels.pool._row_count.Readback`. Default: ``EventReadback`` on CUDA
+            (asynchronous), an immediate read on CPU.
+
+    Every selected row comes out exactly once, in selection order: in a batch from ``ready_batches`` or
+    in the final batch from ``flush``. Every batch handed out owns its tensors (a copy made on the device,
+    no sync): it stays valid however long it is kept, e.g. while gradient accumulation fetches several
+    batches before using any (SPEC section 10).
+
+    Threads: a pool belongs to one thread at a time. A call that overlaps another thread's call on the same
+    pool raises ``RuntimeError`` instead of handing out rows twice; guard a shared pool with a lock.
+    """
+
+    def __init__(self, batch_size: int, capacity: int | None = None, readback: ReadbackFactory | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if capacity is not None and (
+            isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < batch_size
+        ):
+            raise ValueError(f"capacity must be an int >= batch_size ({batch_size}), got {capacity!r}")
+        self.batch_size = batch_size
+        self._fixed_capacity = capacity
+        self._readback = readback
+        self._buffers: RowBuffers | None = None
+        self._count = RowCount(readback)
+        self._exclusive = ExclusiveUse("SelectionPool")  # held during each call: detects a second thread
+
+    @property
+    def capacity(self) -> int | None:
+        return self._buffers.capacity if self._buffers is not None else self._fixed_capacity
+
+    @property
+    def device(self) -> torch.device | None:
+        return self._buffers.device if self._buffers is not None else None
+
+    @property
+    def _held(self) -> RowBuffers:
+        """The buffers, which exist from the first push (or load) on."""
+        if self._buffers is None:
+            raise RuntimeError("the pool holds no rows yet: push a selection first")
+        return self._buffers
+
+    @property
+    def host_waits(self) -> int:
+        """Times the host waited for a row count to be sure the next push fits (0 at the default capacity
+        while the GPU is at most one push behind)."""
+        return self._count.host_waits
+
+    def push(self, selection: Selection, *tensors: Tensor) -> None:
+        """Append the selected rows of each tensor (leading dim N, aligned with the selection)."""
+        with self._exclusive("push"):
+            self._push(selection, tensors)
+
+    def _push(self, selection: Selection, tensors: tuple[Tensor, ...]) -> None:
+        if not tensors:
+            raise ValueError("push needs at least one tensor to gather rows from")
+        n = selection.indices.shape[0]
+        for i, t in enumerate(tensors):
+            if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != n:
+                raise ValueError(f"tensor {i} must have leading dim {n} to match the selection")
+        if self._buffers is None:
+            self._start(tensors, n, selection.indices.device)
+        self._held.matches(tensors)
+        self._make_room(n)
+        self._held.append(selection.indices, selection.count, tensors)
+        self._count.pushed(self._held.cursor, n)
+
+    def ready_batches(self, sync: bool = False) -> Iterator[tuple[Tensor, ...]]:
+        """Yield every batch of exactly ``batch_size`` rows the host knows is complete.
+
+        Does not wait for the GPU unless ``sync=True`` (use that at epoch end, before ``flush``) or the
+        capacity is too tight to be sure the next push fits; then it waits and drains, so that a loop of
+        ``push`` + ``ready_batches`` never finds the pool full.
+        """
+        if self._buffers is None:
+            return
+        if sync:
+            with self._exclusive("ready_batches"):
+                self._count.wait_all()
+        while True:
+            with self._exclusive("ready_batches"):  # not held across the yield: the caller runs meanwhile
+                batch = self._next_ready()
+            if batch is None:
+                return
+            yield batch
+
+    def _next_ready(self) -> tuple[Tensor, ...] | None:
+        """The next complete batch, or None when the host knows of none and the next push surely fits."""
+        count = self._count
+        while True:
+            count.poll()
+            if count.known >= self.batch_size:
+                count.took(self.batch_size)
+                return self._held.take_batch()
+            if not count.in_flight or count.upper_bound + count.largest_push <= self._held.capacity:
+                return None
+            count.wait_oldest()  # the bounds cannot show that the next push fits: learn the count, drain
+
+    def flush(self) -> tuple[Tensor, ...] | None:
+        """Synchronize and return every row still in the pool as one batch (None if empty).
+
+        After ``ready_batches(sync=True)`` this is the final partial batch, shorter than batch_size. The
+        returned tensors are copies: the pool is empty afterwards.
+        """
+        rows = self.drain()
+        return None if rows is None or rows[0].shape[0] == 0 else rows
+
+    def drain(self) -> tuple[Tensor, ...] | None:
+        """Like :meth:`flush`, but an empty pool gives tensors of 0 rows (None only before any push)."""
+        if self._buffers is None:
+            return None
+        with self._exclusive("drain"):
+            self._count.wait_all()
+            batch = tuple(t.clone() for t in self._held.views(self._count.known))
+            self._held.clear()
+            self._count.reset(0)  # empty: the counts since the last flush start again
+        return batch
+
+    def rows_gathered(self) -> Tensor:
+        """Rows gathered since the last flush, as a 0-d device tensor (no sync): what a process group's
+        ranks all-reduce to agree on their steps (:class:`~sbkernels.distributed._coordinator.StepCoordinator`)."""
+        return self._held.cursor[CURSOR_OFFSET] + self._count.rows_out
+
+    def take_batch(self) -> tuple[Tensor, ...]:
+        """Hand out the next batch of exactly ``batch_size`` rows, which the caller knows were gathered
+        (e.g. by a coordinator's decision); waits for the row count only if it has not arrived yet."""
+        with self._exclusive("take_batch"):
+            return self._take_batch()
+
+    def _take_batch(self) -> tuple[Tensor, ...]:
+        count = self._count
+        count.poll()
+        while count.known < self.batch_size and count.in_flight:
+            count.wait_oldest()
+        if count.known < self.batch_size:
+            raise RuntimeError(f"take_batch: the pool holds {count.known} rows, fewer than {self.batch_size}")
+        count.took(self.batch_size)
+        return self._held.take_batch()
+
+    def check(self) -> None:
+        """Synchronize and raise if any row was ever dropped (overflow) or any index was out of range."""
+        if self._buffers is not None:
+            self._buffers.check()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows still held (synchronizes), for checkpointing mid-epoch."""
+        rows = None
+        if self._buffers is not None:
+            self._count.wait_all()
+            rows = [t.clone() for t in self._held.views(self._count.known)]
+        return {
+            "batch_size": self.batch_size, "capacity": self._fixed_capacity, "rows": rows,
+            "rows_out": self._count.rows_out,
+        }  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Hold exactly the saved rows (any earlier content is dropped).
+
+        Refuses, before changing anything, what no pool could have saved (SPEC section 11): another
+        batch_size, rows that are not tensors with one common row count on one device, a negative
+        ``rows_out``, or rows that do not match the tensors this pool already holds.
+        """
+        rows, rows_out = checked_pool_state(state_dict, self.batch_size)
+        with self._exclusive("load_state_dict"):
+            self._load(rows, rows_out)
+
+    def _load(self, rows: list[Tensor] | None, rows_out: int) -> None:
+        if rows is None:
+            return
+        if self._buffers is None:
+            self._start(tuple(rows), max(rows[0].shape[0], 1), rows[0].device)
+        self._held.matches(tuple(rows))
+        self._held.load(rows)
+        self._count.reset(rows[0].shape[0], rows_out)
+
+    # ---------------------------------------------------------------------------------------- private
+    def _start(self, tensors: tuple[Tensor, ...], n: int, device: torch.device) -> None:
+        capacity = self._fixed_capacity or self.batch_size + 2 * n
+        self._buffers = RowBuffers([Layout.of(t) for t in tensors], capacity, self.batch_size, device)
+        if self._readback is None and device.type == "cuda":
+            self._count.readback = EventReadback
+
+    def _make_room(self, n: int) -> None:
+        """Make sure a push of n rows cannot overflow: wait for readbacks only if the bounds say so."""
+        buffers, count = self._held, self._count
+        # Default capacity: room for a batch and two pushes, plus the rows held beyond a batch (a rank of a
+        # process group keeps the rows it gathered beyond the ranks' common steps).
+        needed = self.batch_size + 2 * n + max(0, count.known - self.batch_size)
+        if self._fixed_capacity is None and needed > buffers.capacity:
+            buffers.resize(max(2 * buffers.capacity, needed))
+        if self.batch_size - 1 + n > buffers.capacity:
+            raise ValueError(
+                f"SelectionPool capacity {buffers.capacity} is too small for a push of {n} rows on top of up to "
+                f"{self.batch_size - 1} waiting rows: use capacity >= {self.batch_size - 1 + n} or the default"
+            )
+        count.poll()
+        while count.upper_bound + n > buffers.capacity and count.in_flight:
+            count.wait_oldest()
+        if count.upper_bound + n > buffers.capacity:
+            raise RuntimeError(
+                f"SelectionPool is full ({count.known} of {buffers.capacity} rows held): take the ready batches "
+                "(ready_batches()) before pushing more"
+            )
+
+
+def checked_pool_state(state_dict: Any, batch_size: int) -> tuple[list[Tensor] | None, int]:
+    """``(rows, rows_out)`` of a saved pool, or ValueError naming what no pool could have saved."""
+    if not isinstance(state_dict, dict) or not {"batch_size", "rows"} <= state_dict.keys():
+        raise ValueError("corrupted SelectionPool state: need a dict with 'batch_size' and 'rows'")
+    if state_dict["batch_size"] != batch_size:
+        raise ValueError(f"batch_size mismatch: saved {state_dict['batch_size']!r}, pool {batch_size}")
+    rows_out = state_dict.get("rows_out", 0)
+    if isinstance(rows_out, bool) or not isinstance(rows_out, int) or rows_out < 0:
+        raise ValueError(f"corrupted SelectionPool state: rows_out must be an int >= 0, got {rows_out!r}")
+    rows = state_dict["rows"]
+    if rows is None:
+        return None, rows_out
+    if not isinstance(rows, (list, tuple)) or not rows or not all(isinstance(t, Tensor) and t.dim() >= 1 for t in rows):
+        raise ValueError("corrupted SelectionPool state: rows must be a non-empty list of tensors with a row dim")
+    held, device = rows[0].shape[0], rows[0].device
+    if any(t.shape[0] != held or t.device != device for t in rows):
+        raise ValueError("corrupted SelectionPool state: every saved tensor needs the same rows on one device")
+    return list(rows), rows_out
