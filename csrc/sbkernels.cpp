@@ -66,6 +66,11 @@ TORCH_LIBRARY(sbkernels, m) {
       " float label_smoothing, int row_offset) -> (Tensor, Tensor, Tensor)");
   // gradmatch's residuals softmax(x) - onehot(t) (N, C) float32 and the losses, natively (cpu/select_cpu.cpp).
   m.def("residuals_cpu(Tensor logits, Tensor targets, int ignore_index) -> (Tensor, Tensor)");
+  // Per-token losses of LM logits (B, T, V) against labels (B, T): (B, T - 1) with the causal shift, else
+  // (B, T), float32 (cpu/select_cpu.cpp). The body of sequence_losses and linear_sequence_losses natively.
+  m.def(
+      "token_losses_cpu(Tensor logits, Tensor labels, bool shift, int ignore_index, float label_smoothing)"
+      " -> Tensor");
   // Native CPU body of the batch-level policies (cpu/sample_cpu.cpp): policy "keep" (param = keep),
   // "uniform" (k rows) or "importance" (k draws). Returns (indices, count, loss, prob, weight); weight is 0
   // except for "importance".

@@ -8,6 +8,7 @@ Layers, top down: :mod:`.trainer` (``SelectiveBackprop``), :mod:`.policies`, :mo
 
 from . import slots  # noqa: F401  (first: loads the compiled ops, or fails with the build instruction)
 from .distributed import release_collective_tensors
+from .lm import linear_sequence_losses, sequence_losses
 from .ops import gather_rows, new_cursor
 from .policies import (
     POLICIES,
@@ -46,6 +47,7 @@ __all__ = [
     "StaleSB",
     "Uniform",
     "gather_rows",
+    "linear_sequence_losses",
     "new_cursor",
     "release_collective_tensors",
     "select",
@@ -54,6 +56,7 @@ __all__ = [
     "select_keep",
     "select_losses",
     "select_uniform",
+    "sequence_losses",
 ]
 
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ from typing import TypeGuard
 
 import torch
 
+from .slots import ROW_IGNORED
 from .state import SelectorState
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -141,3 +142,72 @@ def check_rate_or_k(rate: float | None, k: int | None) -> None:
         _fail("pass exactly one of rate or k")
     if rate is not None:
         check_fraction("rate", rate, low_open=False)
+
+
+REDUCTIONS = ("mean", "sum")
+
+
+def check_sequence_logits(logits: object, labels: object) -> None:
+    """Language-model logits (B, T, V) with unit stride along V and labels (B, T) on their device."""
+    if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise TypeError(f"logits and labels must be tensors, got {_describe(logits)} and {_describe(labels)}")
+    if logits.dim() != 3:
+        _fail(f"logits must be 3-D (B, T, V) for per-sequence losses, got shape {tuple(logits.shape)}")
+    batch, length, vocab = logits.shape
+    if batch < 1 or length < 1 or vocab < 2:
+        _fail(f"logits need B >= 1, T >= 1 and V >= 2, got shape {tuple(logits.shape)}")
+    if logits.dtype not in LOGIT_DTYPES:
+        _fail(f"logits dtype must be float32, bfloat16 or float16, got {logits.dtype}")
+    if logits.stride(2) != 1 or min(logits.stride()) < 0:
+        _fail(f"logits need unit stride along V (stride(2) == 1), got strides {logits.stride()}; pass .contiguous()")
+    _check_labels(labels, batch, length, logits.device)
+
+
+def _check_labels(labels: torch.Tensor, batch: int, length: int, device: torch.device) -> None:
+    if tuple(labels.shape) != (batch, length):
+        _fail(f"labels must have shape (B, T) = ({batch}, {length}), got {tuple(labels.shape)}")
+    if labels.dtype not in TARGET_DTYPES:
+        _fail(f"labels dtype must be int64 or int32, got {labels.dtype}")
+    if labels.device != device or min(labels.stride()) < 0:
+        _fail(f"labels must be on {device} with non-negative strides, got {labels.device}, {labels.stride()}")
+
+
+def check_sequence_hidden(hidden: object, weight: object, bias: object, labels: object) -> None:
+    """Last hidden states (B, T, H), the LM head's weight (V, H) (and bias (V,)) and labels (B, T)."""
+    tensors = (hidden, weight, labels)
+    if not all(isinstance(t, torch.Tensor) for t in tensors) or not isinstance(bias, (torch.Tensor, type(None))):
+        raise TypeError("hidden, weight and labels must be tensors (bias a tensor or None)")
+    assert isinstance(hidden, torch.Tensor) and isinstance(weight, torch.Tensor) and isinstance(labels, torch.Tensor)
+    if hidden.dim() != 3 or min(hidden.shape) < 1:
+        _fail(f"hidden must be 3-D (B, T, H) with B, T, H >= 1, got shape {tuple(hidden.shape)}")
+    width = hidden.shape[2]
+    if weight.dim() != 2 or weight.shape[1] != width or weight.shape[0] < 2:
+        _fail(f"weight must be the LM head's (V, H) = (V >= 2, {width}), got shape {tuple(weight.shape)}")
+    if hidden.dtype not in LOGIT_DTYPES or weight.dtype != hidden.dtype:
+        _fail(f"hidden and weight must share a float32/bfloat16/float16 dtype, got {hidden.dtype}, {weight.dtype}")
+    if weight.device != hidden.device:
+        _fail(f"weight is on {weight.device} but hidden is on {hidden.device}")
+    if bias is not None:
+        assert isinstance(bias, torch.Tensor)
+        if tuple(bias.shape) != (weight.shape[0],) or bias.dtype != hidden.dtype or bias.device != hidden.device:
+            _fail(f"bias must be ({weight.shape[0]},) {hidden.dtype} on {hidden.device}, got {_describe(bias)}")
+    _check_labels(labels, hidden.shape[0], hidden.shape[1], hidden.device)
+
+
+def check_sequence_options(shift: object, reduction: object, label_smoothing: object) -> None:
+    if not isinstance(shift, bool):
+        _fail(f"shift must be a bool, got {shift!r}")
+    if reduction not in REDUCTIONS:
+        _fail(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_label_smoothing(label_smoothing)  # type: ignore[arg-type]
+
+
+def valid_flags(valid: object, source: torch.Tensor) -> torch.Tensor:
+    """Row flags (ops._rows.row_flags) from a caller's (N,) bool mask: rows not valid are ignored rows."""
+    n = source.shape[0]
+    if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != (n,):
+        _fail(f"valid must be a bool tensor of shape ({n},), got {_describe(valid)}")
+    assert isinstance(valid, torch.Tensor)
+    if valid.device != source.device:
+        _fail(f"valid is on {valid.device} but the losses are on {source.device}")
+    return (~valid).to(torch.int8) * ROW_IGNORED

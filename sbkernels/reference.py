@@ -214,3 +214,48 @@ def residuals(
     r = torch.where(usable[:, None], p - onehot, torch.zeros_like(p))
     x_target = x.gather(1, t.clamp(0, num_classes - 1)[:, None])[:, 0]
     return r, torch.where(usable, torch.logsumexp(x, 1) - x_target, 0.0)
+
+
+def token_losses(
+    logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:  # fmt: skip
+    """(B, T') float32 per-token losses of LM logits (B, T, V) (SPEC section 9): with ``shift`` position t is
+    scored against label t + 1 and T' = T - 1. Each token's loss is :func:`cross_entropy`'s."""
+    batch, length, vocab = logits.shape
+    offset = 1 if shift else 0
+    scored = max(length - offset, 0)
+    rows = logits[:, :scored].reshape(batch * scored, vocab)
+    targets = labels[:, offset : offset + scored].reshape(batch * scored)
+    return cross_entropy(rows, targets, ignore_index, label_smoothing)[0].view(batch, scored)
+
+
+def reduce_sequences(
+    token_loss: torch.Tensor, scored_labels: torch.Tensor, vocab: int, ignore_index: int, reduction: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, ignored, bad)`` per sequence from its token losses and the labels they were scored against.
+
+    ``"mean"`` divides the sum of the valid tokens' losses by their number, ``"sum"`` does not. A sequence
+    with no valid token is ignored (loss 0); one with an out-of-range label is bad (NaN); a non-finite token
+    loss makes the sequence's loss non-finite.
+    """
+    _, ignored_token, bad_token = target_masks(scored_labels, vocab, ignore_index)
+    valid_token = ~ignored_token & ~bad_token
+    total = torch.where(valid_token, token_loss, 0.0).sum(dim=1)
+    count = valid_token.sum(dim=1)
+    loss = total / count.clamp_min(1) if reduction == "mean" else total
+    bad = bad_token.any(dim=1)
+    ignored = (count == 0) & ~bad
+    loss = torch.where(bad, float("nan"), torch.where(ignored, 0.0, loss))
+    return loss, ignored, bad
+
+
+def sequence_losses(
+    logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, ignore_index: int = -100,
+    reduction: str = "mean", label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(loss, ignored, bad)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9)."""
+    token_loss = token_losses(logits, labels, shift, ignore_index, label_smoothing)
+    offset = 1 if shift else 0
+    scored_labels = labels[:, offset : offset + token_loss.shape[1]]
+    return reduce_sequences(token_loss, scored_labels, logits.shape[2], ignore_index, reduction)

@@ -60,6 +60,7 @@ class SelectorState:
         self.meta = torch.zeros(META_SIZE, dtype=torch.int64, device=device)
         self.meta.narrow(0, META_SEED, 1).fill_(seed)
         self.process_group = process_group
+        self.warned_short_history = False  # the policies warn once when one call's rows outnumber R
 
     # Views into ``meta``: reading them never synchronizes; ``int(state.pushed)`` does.
     @property

@@ -17,6 +17,10 @@ A complete loop::
         for batch in sb.flush():                       # end of epoch: what is left
             ...
 
+Language models (SPEC section 9): ``observe(logits, labels, batch)`` with (B, T, V) logits and (B, T)
+labels selects whole sequences; ``observe(hidden, labels, batch, lm_head=model.lm_head)`` scores them from
+the last hidden states without forming the logits; ``batch`` may be a collator's dict, padded per batch.
+
 The policy (``SB``, ``Keep``, ``Uniform``, ``Importance``, ``GradMatch``) picks the rows; a
 :class:`~sbkernels.schedule.Schedule` turns selection off on some steps (the whole batch then goes to
 the backward pass); a :class:`~sbkernels.schedule.StaleSB` skips the scoring pass in stale epochs
@@ -26,17 +30,19 @@ the backward pass); a :class:`~sbkernels.schedule.StaleSB` skips the scoring pas
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from . import _checks as checks
 from . import ops
 from .distributed import check_same_batch_size
 from .distributed._coordinator import StepCoordinator
+from .lm import default_block_rows, lm_head_parameters
 from .policies import SB, Policy
-from .pool._batch_spec import BackwardBatch, BatchSpec
+from .pool._batch_spec import BackwardBatch, BatchSpec, PadValues
 from .pool._pool import ExclusiveUse, SelectionPool, checked_pool_state
 from .pool._row_count import EventReadback, ReadbackFactory
 from .schedule import Schedule, StaleSB
@@ -52,8 +58,11 @@ class SelectiveBackprop:
         policy: a :class:`~sbkernels.policies.Policy`; default ``SB()`` (beta 1).
         schedule: when selection is active (default: always).
         stale: Stale-SB; needs ``sample_ids`` on every ``observe``.
-        fields: for dict batches, the keys that travel to the backward batch (default: every tensor
-            whose leading dim is N).
+        fields: for dict batches, the keys that travel to the backward batch (default: every field; a
+            field that is not a per-row tensor is refused by name).
+        pad_values: for batches padded to different lengths (dim 1), the pad value of each field: a dict
+            by key (``labels`` -100 and ``attention_mask`` 0 by default; give ``input_ids`` the
+            tokenizer's pad id), or one entry per tensor of a tuple batch (None: fixed length).
         capacity, readback: passed to the :class:`SelectionPool`.
         process_group: a ``torch.distributed`` group (DDP): the policy's state is made with it ("sb"
             selects globally), every rank takes the same number of backward steps
@@ -72,6 +81,7 @@ class SelectiveBackprop:
         schedule: Schedule | None = None,
         stale: StaleSB | None = None,
         fields: tuple[str, ...] | None = None,
+        pad_values: PadValues = None,
         capacity: int | None = None,
         readback: ReadbackFactory | None = None,
         process_group=None,
@@ -84,6 +94,7 @@ class SelectiveBackprop:
         self.schedule = schedule if schedule is not None else Schedule()
         self.stale = stale
         self.fields = fields
+        self.pad_values = pad_values
         self.pool = SelectionPool(batch_size, capacity, readback)
         self._exclusive = ExclusiveUse("SelectiveBackprop")
         self.coordinator = None
@@ -122,27 +133,34 @@ class SelectiveBackprop:
         *batch: Any,
         sample_ids: Tensor | None = None,
         features: Tensor | None = None,
+        lm_head: nn.Module | Tensor | None = None,
     ) -> Selection:
         """Select rows of this batch and queue them for the backward pass. Never synchronizes.
 
         Args:
-            scores: (N, C) logits (with ``targets``), (N,) per-example losses (``targets=None``), or None
-                in a Stale-SB stale epoch (losses come from the cache).
-            targets: (N,) class indices for logits; None for losses.
+            scores: (N, C) logits (with ``targets``), (N,) per-example losses (``targets=None``), (B, T, V)
+                language-model logits (with (B, T) labels: whole sequences), (B, T, H) last hidden states
+                with ``lm_head``, or None in a Stale-SB stale epoch (losses come from the cache).
+            targets: (N,) class indices for logits, (B, T) labels for an LM; None for losses.
             batch: the tensors to train on (leading dim N), or a single dict of them.
             sample_ids: (N,) int64 dataset indices: needed for Stale-SB, and returned with each batch.
             features: (N, ...) penultimate activations, for ``GradMatch``.
+            lm_head: the LM head (a module with ``.weight``, or the (V, H) weight) when ``scores`` are hidden
+                states: the sequences are scored by :func:`sbkernels.linear_sequence_losses`.
         """
         with self._exclusive("observe"):
-            return self._observe(scores, targets, batch, sample_ids, features)
+            return self._observe(scores, targets, batch, sample_ids, features, lm_head)
 
     def _observe(
         self, scores: Tensor | None, targets: Tensor | None, batch: tuple[Any, ...], sample_ids: Tensor | None,
-        features: Tensor | None,
+        features: Tensor | None, lm_head: nn.Module | Tensor | None,
     ) -> Selection:  # fmt: skip
         first = self.spec is None
         if self.spec is None:
-            self.spec = BatchSpec.record(batch, self.fields, sample_ids, self.policy.weighted)
+            self._set_spec(BatchSpec.record(batch, self.fields, sample_ids, self.policy.weighted))
+        elif self.spec.keys is not None and self.spec.mapping is None and batch and isinstance(batch[0], Mapping):
+            self.spec = dataclasses.replace(self.spec, mapping=type(batch[0]))  # a resumed run: not saved
+        assert self.spec is not None
         spec = self.spec
         tensors = spec.tensors(batch)
         n, device = tensors[0].shape[0], tensors[0].device
@@ -159,7 +177,13 @@ class SelectiveBackprop:
             raise ValueError("observe(None, ...) selects from cached losses: needs stale=StaleSB(...)")
         else:
             source, targets = self.stale.cached(sample_ids), None
-        if self.selecting():
+        flags = None
+        if fresh and (lm_head is not None or source.dim() == 3):  # whole sequences of a language model
+            source, flags = self._sequence_losses(source, targets, lm_head)
+            targets = None
+        if self.selecting() and flags is not None:
+            selection = self.policy.select_rows(source, flags, self.policy.state_on(device))
+        elif self.selecting():
             selection = self.policy(source, targets, features=features)
         else:  # schedule off or an interrupt step: the whole batch goes to the backward pass
             selection = self._everything(source, targets)
@@ -233,7 +257,7 @@ class SelectiveBackprop:
             "epoch": self.epoch,
             "counts": dict(self.counts),
             "stale": None if self.stale is None else self.stale.state_dict(),
-            "spec": None if self.spec is None else dataclasses.asdict(self.spec),  # plain data: torch.load's default
+            "spec": None if self.spec is None else _plain_spec(self.spec),  # plain data: torch.load's default
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -241,20 +265,39 @@ class SelectiveBackprop:
         fields and the pool's rows before anything is changed."""
         _check_saved_run(state_dict)
         checked_pool_state(state_dict["pool"], self.pool.batch_size)
+        spec = state_dict["spec"]
+        if spec is not None:  # first: the pool learns its tensors' names and pad values before its rows
+            self._set_spec(BatchSpec(**{**spec, "keys": None if spec["keys"] is None else tuple(spec["keys"])}))
         self.policy.load_state_dict(state_dict["policy"])
         self.pool.load_state_dict(state_dict["pool"])
         self.step, self.epoch = state_dict["step"], state_dict["epoch"]
         self.counts = dict(state_dict["counts"])
         if self.stale is not None:
             self.stale.load_state_dict(state_dict["stale"])
-        spec = state_dict["spec"]
-        self.spec = (
-            None
-            if spec is None
-            else BatchSpec(**{**spec, "keys": None if spec["keys"] is None else tuple(spec["keys"])})
-        )
         if self.coordinator is not None:
             self.coordinator.load_state_dict(state_dict["coordinator"])
+
+    def _set_spec(self, spec: BatchSpec) -> None:
+        self.pool.describe(spec.names, spec.pad_values(self.pad_values))
+        self.spec = spec
+
+    def _sequence_losses(
+        self, scores: Tensor, labels: Tensor | None, lm_head: nn.Module | Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss, flags)`` per sequence from LM logits, or from hidden states and the LM head."""
+        if labels is None:
+            raise ValueError("a language-model batch needs its (B, T) labels as targets")
+        if lm_head is None:
+            return self.policy.sequence_losses(scores, labels)
+        weight, bias = lm_head_parameters(lm_head)
+        checks.check_sequence_hidden(scores, weight, bias, labels)
+        policy = self.policy
+        return ops.linear_sequence_losses(
+            hidden=scores.detach(), weight=weight.detach(), bias=None if bias is None else bias.detach(),
+            labels=labels, shift=policy.shift, ignore_index=policy.ignore_index, reduction=policy.reduction,
+            label_smoothing=getattr(policy, "label_smoothing", 0.0), block_rows=default_block_rows(weight),
+            backend=ops.resolve(policy.backend, scores.device),
+        )  # fmt: skip
 
     def _everything(self, scores: Tensor, targets: Tensor | None) -> Selection:
         """Every row, with its loss (the Stale-SB cache stores it), prob 1, weight 1."""
@@ -280,6 +323,11 @@ class SelectiveBackprop:
             return batch
         weight = step_weight if batch.weight is None else step_weight * batch.weight
         return batch._replace(weight=weight)
+
+
+def _plain_spec(spec: BatchSpec) -> dict[str, Any]:
+    """The spec as plain data; the batch's mapping type is not saved (a checkpoint names no Python types)."""
+    return {key: value for key, value in dataclasses.asdict(spec).items() if key != "mapping"}
 
 
 def _check_saved_run(state_dict: Any) -> None:

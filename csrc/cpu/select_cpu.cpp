@@ -372,12 +372,45 @@ std::tuple<at::Tensor, at::Tensor> residuals_cpu(const at::Tensor& logits, const
   return {residual, loss};
 }
 
+// Per-token losses of language-model logits (B, T, V) against labels (B, T), as (B, T') float32 with
+// T' = T - 1 under the causal shift (position t scored against label t + 1) and T' = T without it. Ignored
+// tokens give 0 and out-of-range labels NaN, as every row loss. One 2-D pass per sequence, so any strides
+// along B and T work without a copy; each pass runs its tokens in parallel.
+at::Tensor token_losses_cpu(const at::Tensor& logits, const at::Tensor& labels, bool shift, int64_t ignore_index,
+                            double label_smoothing) {
+  const char* op = "token_losses_cpu";
+  check_cpu(logits, op, "logits");
+  check_cpu(labels, op, "labels");
+  TORCH_CHECK(logits.dim() == 3, op, ": logits must be 3-D (B, T, V), got shape ", logits.sizes());
+  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == logits.size(0) && labels.size(1) == logits.size(1), op,
+              ": labels must have shape (B, T) = (", logits.size(0), ", ", logits.size(1), "), got ", labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt, op,
+              ": labels must be int64 or int32, got ", labels.scalar_type());
+  TORCH_CHECK(logits.stride(0) >= 0 && logits.stride(1) >= 0 && labels.stride(0) >= 0 && labels.stride(1) >= 0, op,
+              ": logits and labels need non-negative strides, got ", logits.strides(), " and ", labels.strides());
+  check_range(label_smoothing, 0.0, 1.0, /*high_open=*/true, op, "label_smoothing");
+  const int64_t batch = logits.size(0), length = logits.size(1), offset = shift ? 1 : 0;
+  const int64_t scored = std::max<int64_t>(length - offset, 0);
+  at::Tensor loss = at::zeros({batch, scored}, logits.options().dtype(at::kFloat));
+  if (scored == 0) return loss;
+  for (int64_t b = 0; b < batch; ++b) {
+    const at::Tensor rows = logits.select(0, b).narrow(0, 0, scored);
+    const at::Tensor targets = labels.select(0, b).narrow(0, offset, scored);
+    check_logits_targets(rows, targets, op);
+    logits_rows<RowOutput::kLoss>(rows, targets, ignore_index, static_cast<float>(label_smoothing),
+                                  loss.data_ptr<float>() + b * scored, scratch<int8_t, Scratch::kFlags>(scored),
+                                  nullptr);
+  }
+  return loss;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sbkernels, CPU, m) {
   m.impl("select_sb_cpu", &select_sb_cpu);
   m.impl("row_stats_cpu", &row_stats_cpu);
   m.impl("residuals_cpu", &residuals_cpu);
+  m.impl("token_losses_cpu", &token_losses_cpu);
 }
 
 }  // namespace sbkernels::cpu

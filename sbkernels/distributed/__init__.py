@@ -76,22 +76,24 @@ def gather_losses(
     label_smoothing: float,
     backend: str,
     validate: bool = False,
+    flags: Tensor | None = None,
 ) -> GatheredLosses:
     """Steps 1-2: this rank's losses and flags, then every rank's, gathered on the device (no host wait).
 
     A rank whose N differs is counted in the state (``META_SIZE_MISMATCH``); ``validate`` checks the sizes
     on the host first. The policy then runs its op on the gathered losses and :func:`local_rows` keeps this
-    rank's part of the selection.
+    rank's part of the selection. ``flags`` go with given losses (e.g. sequences with no valid token).
     """
     group, device, n = state.process_group, source.device, source.shape[0]
     rank, world = rank_and_size(group)
     if validate:
         check_same_batch_size(n, group, device)
     logits, losses = (source, None) if targets is not None else (None, source)
-    loss, flags = ops.row_losses(
+    loss, row_flags = ops.row_losses(
         logits=logits, targets=targets, losses=losses, ignore_index=ignore_index, label_smoothing=label_smoothing,
         backend=backend,
     )  # fmt: skip
+    flags = row_flags if flags is None else flags
     payload = torch.cat([loss, flags.to(torch.float32), torch.full((1,), float(n), device=device)])
     gathered = torch.empty(world * (2 * n + 1), dtype=torch.float32, device=device)
     _all_gather(gathered, payload, group=group)

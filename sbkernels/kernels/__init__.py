@@ -58,3 +58,10 @@ def launch_residual(**arguments):
     from .row_stats import launch_residual as launch
 
     return launch(**arguments)
+
+
+def launch_token_losses(**arguments):
+    """:func:`sbkernels.kernels.sequence.launch_token_losses`, imported on first use."""
+    from .sequence import launch_token_losses as launch
+
+    return launch(**arguments)

@@ -26,11 +26,13 @@ __all__ = [
     "gradmatch",
     "importance",
     "keep",
+    "linear_sequence_losses",
     "new_cursor",
     "python_implementation",
     "resolve",
     "row_losses",
     "select_sb",
+    "sequence_losses",
     "uniform",
 ]
 
@@ -65,11 +67,14 @@ def uniform(
 
 
 def keep(
-    *, logits: Tensor | None = None, targets: Tensor | None = None, losses: Tensor | None = None, meta: Tensor,
-    keep: float, row_offset: int = 0, ignore_index: int = -100, backend: str,
+    *, logits: Tensor | None = None, targets: Tensor | None = None, losses: Tensor | None = None,
+    flags: Tensor | None = None, meta: Tensor, keep: float, row_offset: int = 0, ignore_index: int = -100,
+    backend: str,
 ) -> Selection:  # fmt: skip
     """Policy "keep" (Composer): ``int(keep * N)`` rows drawn by rank weight without replacement."""
-    return Selection(*call("keep", logits, targets, losses, meta, float(keep), row_offset, ignore_index, backend))
+    return Selection(
+        *call("keep", logits, targets, losses, flags, meta, float(keep), row_offset, ignore_index, backend)
+    )
 
 
 def importance(
@@ -94,3 +99,23 @@ def row_losses(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``(loss, flags)`` per row (SPEC section 2; flags from :func:`._rows.row_flags`), no state touched."""
     return call("row_losses", logits, targets, losses, ignore_index, float(label_smoothing), backend)
+
+
+def sequence_losses(
+    *, logits: Tensor, labels: Tensor, shift: bool = True, ignore_index: int = -100, reduction: str = "mean",
+    label_smoothing: float = 0.0, backend: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``(loss, flags)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9)."""
+    return call("sequence_losses", logits, labels, shift, ignore_index, reduction, float(label_smoothing), backend)
+
+
+def linear_sequence_losses(
+    *, hidden: Tensor, weight: Tensor, bias: Tensor | None = None, labels: Tensor, shift: bool = True,
+    ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, block_rows: int,
+    backend: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """As :func:`sequence_losses` with ``logits = hidden @ weight.T + bias``, ``block_rows`` tokens at a time."""
+    return call(
+        "linear_sequence_losses", hidden, weight, bias, labels, shift, ignore_index, reduction,
+        float(label_smoothing), block_rows, backend,
+    )  # fmt: skip

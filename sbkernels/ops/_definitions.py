@@ -15,7 +15,7 @@ from ..slots import META_SIZE
 from ._op_checks import check_op_inputs
 from ._registry import register_op
 from ._rows import row_flags
-from .backends import kernel
+from .backends import check_resolved, kernel
 
 
 def _check_select_sb(
@@ -57,25 +57,25 @@ def _uniform(
             floor=0.0, prime=0, ignore_index=ignore_index, label_smoothing=0.0, fixed_prob=rate,
         )  # fmt: skip
     out = kernel("sample_rows", backend)(
-        logits=logits, targets=targets, losses=losses, meta=meta, policy="uniform", param=0.0, k=k,
+        logits=logits, targets=targets, losses=losses, flags=flags, meta=meta, policy="uniform", param=0.0, k=k,
         ignore_index=ignore_index, row_offset=row_offset,
     )  # fmt: skip
     return out[:4]
 
 
-def _check_keep(logits, targets, losses, meta, keep, row_offset, ignore_index, backend) -> None:
-    source = check_op_inputs(logits, targets, losses, None, None, meta, backend)
+def _check_keep(logits, targets, losses, flags, meta, keep, row_offset, ignore_index, backend) -> None:
+    source = check_op_inputs(logits, targets, losses, flags, None, meta, backend)
     checks.check_fraction("keep", keep)
     checks.check_row_offset(row_offset, source.shape[0])
 
 
 @register_op("keep", mutates_args={"meta"}, check=_check_keep)
 def _keep(
-    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor, keep: float, row_offset: int,
-    ignore_index: int, backend: str,
+    logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, flags: Tensor | None, meta: Tensor,
+    keep: float, row_offset: int, ignore_index: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     out = kernel("sample_rows", backend)(
-        logits=logits, targets=targets, losses=losses, meta=meta, policy="keep", param=keep, k=0,
+        logits=logits, targets=targets, losses=losses, flags=flags, meta=meta, policy="keep", param=keep, k=0,
         ignore_index=ignore_index, row_offset=row_offset,
     )  # fmt: skip
     return out[:4]
@@ -92,7 +92,7 @@ def _importance(
     logits: Tensor, targets: Tensor, meta: Tensor, k: int, row_offset: int, ignore_index: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return kernel("sample_rows", backend)(
-        logits=logits, targets=targets, losses=None, meta=meta, policy="importance", param=0.0, k=k,
+        logits=logits, targets=targets, losses=None, flags=None, meta=meta, policy="importance", param=0.0, k=k,
         ignore_index=ignore_index, row_offset=row_offset,
     )  # fmt: skip
 
@@ -134,3 +134,42 @@ def _row_losses(
         logits=logits, targets=targets, meta=unused_meta, ignore_index=ignore_index, label_smoothing=label_smoothing
     )
     return loss, row_flags(ignored, bad)
+
+
+def _check_sequence_losses(logits, labels, shift, ignore_index, reduction, label_smoothing, backend) -> None:
+    checks.check_sequence_logits(logits, labels)
+    checks.check_sequence_options(shift, reduction, label_smoothing)
+    check_resolved(backend, logits.device)
+
+
+@register_op("sequence_losses", mutates_args={}, check=_check_sequence_losses)
+def _sequence_losses(
+    logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, reduction: str, label_smoothing: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``(loss, flags)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9)."""
+    return kernel("sequence_losses", backend)(
+        logits=logits, labels=labels, shift=shift, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing,
+    )  # fmt: skip
+
+
+def _check_linear_sequence_losses(
+    hidden, weight, bias, labels, shift, ignore_index, reduction, label_smoothing, block_rows, backend
+) -> None:
+    checks.check_sequence_hidden(hidden, weight, bias, labels)
+    checks.check_sequence_options(shift, reduction, label_smoothing)
+    checks.check_int("block_rows", block_rows, 1, 2**31 - 1)
+    check_resolved(backend, hidden.device)
+
+
+@register_op("linear_sequence_losses", mutates_args={}, check=_check_linear_sequence_losses)
+def _linear_sequence_losses(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, shift: bool, ignore_index: int,
+    reduction: str, label_smoothing: float, block_rows: int, backend: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``(loss, flags)`` per sequence from the last hidden states and the LM head, never forming (B, T, V)."""
+    return kernel("linear_sequence_losses", backend)(
+        hidden=hidden, weight=weight, bias=bias, labels=labels, shift=shift, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, block_rows=block_rows,
+    )  # fmt: skip

@@ -44,3 +44,9 @@ def _residuals_cpu_fake(logits, targets, ignore_index):
 def _row_stats_cpu_fake(logits, targets, losses, meta, ignore_index, label_smoothing, row_offset):
     n = (logits if logits is not None else losses).shape[0]
     return tuple(torch.empty(n, dtype=torch.float32, device=meta.device) for _ in range(3))
+
+
+@torch.library.register_fake(f"{NAMESPACE}::token_losses_cpu")
+def _token_losses_cpu_fake(logits, labels, shift, ignore_index, label_smoothing):
+    batch, length, _ = logits.shape
+    return logits.new_empty((batch, max(length - int(shift), 0)), dtype=torch.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _scored
 from ._rows import integer_beta
 
 
@@ -34,10 +35,20 @@ def residuals(*, logits: Tensor, targets: Tensor, ignore_index: int) -> tuple[Te
 
 
 def sample_rows(
-    *, logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor, policy: str,
-    param: float, k: int, ignore_index: int, row_offset: int,
+    *, logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, flags: Tensor | None, meta: Tensor,
+    policy: str, param: float, k: int, ignore_index: int, row_offset: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """A whole batch-level policy op in one C++ call (``csrc/cpu/sample_cpu.cpp``)."""
+    """A whole batch-level policy op in one C++ call (``csrc/cpu/sample_cpu.cpp``); losses with flags (whole
+    sequences, some ignored) take the native row pass and the torch draw of the other backends."""
+    if flags is not None:
+        return _scored.sample_rows(
+            row_stats, logits=logits, targets=targets, losses=losses, flags=flags, meta=meta, policy=policy,
+            param=param, k=k, ignore_index=ignore_index, row_offset=row_offset,
+        )  # fmt: skip
     return torch.ops.sbkernels.sample_rows_cpu(
         logits, targets, losses, meta, policy, param, k, ignore_index, row_offset
     )
+
+
+def token_losses(*, logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, label_smoothing: float) -> Tensor:
+    return torch.ops.sbkernels.token_losses_cpu(logits, labels, shift, ignore_index, label_smoothing)

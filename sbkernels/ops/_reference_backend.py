@@ -42,3 +42,7 @@ def row_losses(
 ) -> tuple[Tensor, Tensor, Tensor]:
     del meta  # the reference's cross-entropy draws no uniforms
     return reference.cross_entropy(logits, targets, ignore_index, label_smoothing)
+
+
+def token_losses(*, logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, label_smoothing: float) -> Tensor:
+    return reference.token_losses(logits, labels, shift, ignore_index, label_smoothing)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import _sampling
 from ._omp import last_layer_gram, omp_nnls
-from ._rows import advance_counters, compact, row_validity, target_masks
+from ._rows import advance_counters, compact, flag_masks, row_validity, target_masks
 
 RowStatsKernel = Callable[..., tuple[Tensor, Tensor, Tensor]]
 ResidualsKernel = Callable[..., tuple[Tensor, Tensor]]
@@ -31,16 +31,19 @@ class ScoredRows(NamedTuple):
 
 
 def score_rows(
-    row_stats: RowStatsKernel, *, logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor,
-    ignore_index: int, row_offset: int,
+    row_stats: RowStatsKernel, *, logits: Tensor | None, targets: Tensor | None, losses: Tensor | None,
+    flags: Tensor | None, meta: Tensor, ignore_index: int, row_offset: int,
 ) -> ScoredRows:  # fmt: skip
-    """Score every row with ``row_stats``, then advance the state (step + 1, error counts)."""
+    """Score every row with ``row_stats``, then advance the state (step + 1, error counts). ``flags`` (with
+    losses) mark ignored and bad rows, e.g. sequences without a valid token."""
     loss, score, u = row_stats(
         logits=logits, targets=targets, losses=losses, meta=meta, ignore_index=ignore_index, row_offset=row_offset
     )
     if logits is not None:
         assert targets is not None
         _, ignored, bad = target_masks(targets, logits.shape[1], ignore_index)
+    elif flags is not None:
+        ignored, bad = flag_masks(flags)
     else:
         ignored = bad = torch.zeros(loss.shape, dtype=torch.bool, device=loss.device)
     valid, nonfinite = row_validity(loss, ignored, bad)
@@ -49,13 +52,13 @@ def score_rows(
 
 
 def sample_rows(
-    row_stats: RowStatsKernel, *, logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, meta: Tensor,
-    policy: str, param: float, k: int, ignore_index: int, row_offset: int,
+    row_stats: RowStatsKernel, *, logits: Tensor | None, targets: Tensor | None, losses: Tensor | None,
+    flags: Tensor | None, meta: Tensor, policy: str, param: float, k: int, ignore_index: int, row_offset: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """``(indices, count, loss, prob, weight)`` of policy "keep" (param = keep), "uniform" (k rows) or
     "importance" (k draws); weight is 0 except for "importance", as in the native op."""
     rows = score_rows(
-        row_stats, logits=logits, targets=targets, losses=losses, meta=meta, ignore_index=ignore_index,
+        row_stats, logits=logits, targets=targets, losses=losses, flags=flags, meta=meta, ignore_index=ignore_index,
         row_offset=row_offset,
     )  # fmt: skip
     no_weight = torch.zeros_like(rows.loss)

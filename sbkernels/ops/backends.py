@@ -21,7 +21,7 @@ import torch
 
 from .. import kernels
 from ..kernels import interpreting, require_triton
-from . import _native, _reference_backend, _scored
+from . import _native, _reference_backend, _scored, _sequence
 
 ENVIRONMENT_VARIABLE = "SBKERNELS_BACKEND"
 CHOICES = ("auto", "native", "triton", "reference")
@@ -29,7 +29,8 @@ BACKENDS = ("native", "triton", "reference")
 
 #: kernel name -> backend -> implementation. Every implementation of a kernel takes the same keyword
 #: arguments and returns the same tuple. The batch-level bodies ("sample_rows", "gradmatch", "row_losses")
-#: are one C++ call natively where one exists, else a scoring kernel of the backend and torch ops (_scored).
+#: are one C++ call natively where one exists, else a scoring kernel of the backend and torch ops (_scored);
+#: the language-model bodies are the backend's token kernel and a torch reduction (_sequence).
 KERNELS: dict[str, dict[str, Callable]] = {
     "select_sb": {
         "native": _native.select_sb,
@@ -45,6 +46,16 @@ KERNELS: dict[str, dict[str, Callable]] = {
         "native": partial(_scored.gradmatch_rows, _native.residuals),
         "triton": partial(_scored.gradmatch_rows, kernels.launch_residual),
         "reference": partial(_scored.gradmatch_rows, _reference_backend.residuals),
+    },
+    "sequence_losses": {
+        "native": partial(_sequence.sequence_losses, _native.token_losses),
+        "triton": partial(_sequence.sequence_losses, kernels.launch_token_losses),
+        "reference": partial(_sequence.sequence_losses, _reference_backend.token_losses),
+    },
+    "linear_sequence_losses": {
+        "native": partial(_sequence.linear_sequence_losses, _native.token_losses),
+        "triton": partial(_sequence.linear_sequence_losses, kernels.launch_token_losses),
+        "reference": partial(_sequence.linear_sequence_losses, _reference_backend.token_losses),
     },
     "row_losses": {
         "native": partial(_scored.row_losses, _native.row_stats),

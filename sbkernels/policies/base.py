@@ -7,12 +7,18 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .. import _checks as checks
+from .. import ops
 from ..selection import Selection
 from ..state import SelectorState, check_saved_state
 
 
 class Policy:
     """A selection rule with its parameters, callable on ``(logits, targets)`` or on ``(losses,)``.
+
+    Language models (SPEC section 9): ``policy(logits, labels)`` with (B, T, V) logits and (B, T) labels
+    selects whole sequences, scored by their per-sequence loss (``shift`` and ``reduction`` as in
+    :func:`sbkernels.sequence_losses`); :meth:`select_rows` selects from given per-row losses and flags.
 
     The policy owns its :class:`SelectorState` (history, Philox seed and step, error counters). It is made
     on the device of the first batch, or passed in as ``state`` (e.g. to share one state between policies).
@@ -24,6 +30,7 @@ class Policy:
         backend: "auto", "native", "triton" or "reference" (see :mod:`sbkernels.ops.backends`).
         state: an existing state to use instead of making one.
         process_group: a ``torch.distributed`` group for the state this policy makes (SPEC section 8).
+        shift, reduction: how (B, T, V) logits become per-sequence losses (the causal shift; "mean" or "sum").
     """
 
     name: ClassVar[str]
@@ -39,18 +46,52 @@ class Policy:
         backend: str | None = None,
         state: SelectorState | None = None,
         process_group=None,
+        shift: bool = True,
+        reduction: str = "mean",
     ) -> None:
+        checks.check_sequence_options(shift, reduction, 0.0)
         self.history_size, self.seed = history_size, seed
         self.ignore_index, self.backend = ignore_index, backend
+        self.shift, self.reduction = shift, reduction
         self.state = state
         self.process_group = process_group if state is None else state.process_group
 
-    def __call__(self, source: Tensor, targets: Tensor | None = None, *, features: Tensor | None = None) -> Selection:
-        """Select rows of one batch: ``source`` is (N, C) logits with (N,) ``targets``, or (N,) losses;
-        ``features`` (N, ...) penultimate activations for the policies that use them (``GradMatch``)."""
+    def __call__(
+        self, source: Tensor, targets: Tensor | None = None, *, features: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> Selection:  # fmt: skip
+        """Select rows of one batch: ``source`` is (N, C) logits with (N,) ``targets``, (N,) losses (``valid``:
+        an optional (N,) bool mask of the rows that may be selected), or (B, T, V) LM logits with (B, T)
+        labels (whole sequences); ``features`` (N, ...) penultimate activations for ``GradMatch``."""
         if features is not None and not self.uses_features:
             raise ValueError(f"{type(self).__name__} does not use features; pass them only to GradMatch")
-        return self.select(source, targets, self.state_on(source.device), features=features)
+        state = self.state_on(source.device)
+        if isinstance(source, Tensor) and source.dim() == 3:
+            if targets is None:
+                raise ValueError("(B, T, V) language-model logits need their (B, T) labels")
+            return self.select_rows(*self.sequence_losses(source, targets), state)
+        if valid is not None:
+            if targets is not None:
+                raise ValueError("valid= marks rows of given losses; with logits, mark rows by ignore_index")
+            checks.check_source(source, None, state)
+            return self.select_rows(source, checks.valid_flags(valid, source), state)
+        return self.select(source, targets, state, features=features)
+
+    def sequence_losses(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, flags)`` per sequence of LM logits, as this policy scores them (SPEC section 9)."""
+        checks.check_sequence_logits(logits, labels)
+        return ops.sequence_losses(
+            logits=logits, labels=labels, shift=self.shift, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=getattr(self, "label_smoothing", 0.0), backend=ops.resolve(self.backend, logits.device),
+        )  # fmt: skip
+
+    def select_rows(self, losses: Tensor, flags: Tensor, state: SelectorState) -> Selection:
+        """Select from per-row losses and their flags (:func:`sbkernels.ops._rows.row_flags`: ignored rows,
+        e.g. sequences with no valid token, and bad ones are never selected)."""
+        raise ValueError(
+            f"{type(self).__name__} scores rows from their logits; for per-row or per-sequence losses use SB, "
+            "Uniform or Keep"
+        )
 
     def select(
         self, source: Tensor, targets: Tensor | None, state: SelectorState, *, features: Tensor | None = None

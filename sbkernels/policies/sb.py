@@ -6,6 +6,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from types import FrameType
+
+import torch
 from torch import Tensor
 
 from .. import _checks as checks
@@ -56,6 +62,7 @@ def select(
     checks.check_sb_params(beta, floor, prime, label_smoothing)
     checks.check_source(logits, targets, state)
     backend = ops.resolve(backend, logits.device)
+    warn_if_history_short(state, logits.shape[0])
     if state.process_group is not None:
         gathered = distributed.gather_losses(
             logits, targets, state, ignore_index=ignore_index, label_smoothing=label_smoothing, backend=backend,
@@ -81,23 +88,34 @@ def select_losses(
     floor: float = 0.0,
     prime: int = 0,
     *,
+    valid: Tensor | None = None,
     backend: str | None = None,
 ) -> Selection:
     """Policy "sb" on precomputed per-example losses (any loss: detection, regression, per-sequence LM).
 
     Same rule as :func:`select` with the loss given: non-finite losses are never selected nor pushed.
+    ``valid`` (N,) bool marks the rows that may be selected: the others are ignored rows (never selected,
+    never pushed), e.g. sequences without a valid token.
     """
     checks.check_sb_params(beta, floor, prime)
     checks.check_source(losses, None, state)
-    backend = ops.resolve(backend, losses.device)
+    flags = None if valid is None else checks.valid_flags(valid, losses)
+    return select_flagged(losses, flags, state, beta, floor, prime, ops.resolve(backend, losses.device))
+
+
+def select_flagged(
+    losses: Tensor, flags: Tensor | None, state: SelectorState, beta: float, floor: float, prime: int, backend: str
+) -> Selection:
+    """Policy "sb" on checked losses and their row flags, on one process or across a process group."""
+    warn_if_history_short(state, losses.shape[0])
     if state.process_group is not None:
         gathered = distributed.gather_losses(
-            losses, None, state, ignore_index=-100, label_smoothing=0.0, backend=backend
+            losses, None, state, ignore_index=-100, label_smoothing=0.0, backend=backend, flags=flags
         )
         return distributed.local_rows(
             gathered, _on_losses(gathered.losses, gathered.flags, state, beta, floor, prime, backend)
         )
-    return _on_losses(losses, None, state, beta, floor, prime, backend)
+    return _on_losses(losses, flags, state, beta, floor, prime, backend)
 
 
 def _on_losses(
@@ -136,5 +154,34 @@ class SB(Policy):
             backend=self.backend,
         )  # fmt: skip
 
+    def select_rows(self, losses: Tensor, flags: Tensor, state: SelectorState) -> Selection:
+        return select_flagged(
+            losses, flags, state, self.beta, self.floor, self.prime, ops.resolve(self.backend, losses.device)
+        )
+
     def _parameters(self) -> dict:
         return {"beta": self.beta, "floor": self.floor, "prime": self.prime}
+
+
+def warn_if_history_short(state: SelectorState, rows: int) -> None:
+    """Warn once per state when one call's rows outnumber the history (shapes only: no sync; eager only)."""
+    if torch.compiler.is_compiling():
+        return
+    if state.history_size < rows and not state.warned_short_history:
+        state.warned_short_history = True
+        warnings.warn(
+            f"history_size={state.history_size} is smaller than the {rows} rows of one call: every call "
+            "overwrites the whole history, so each row is ranked only against the previous call's rows. Use a "
+            f"history of a few calls' rows (history_size >= {rows}; e.g. SB(..., history_size={4 * rows})).",
+            stacklevel=_caller_level(),
+        )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside sbkernels: a warning points at the user's call."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

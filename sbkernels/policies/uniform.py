@@ -24,17 +24,37 @@ def select_uniform(
     k: int | None = None,
     *,
     ignore_index: int = -100,
+    valid: Tensor | None = None,
     backend: str | None = None,
 ) -> Selection:
-    """Loss-blind baseline: each valid row with probability ``rate``, or exactly ``k`` rows."""
+    """Loss-blind baseline: each valid row with probability ``rate``, or exactly ``k`` rows.
+
+    With losses, ``valid`` (N,) bool marks the rows that may be selected (see :func:`select_losses`).
+    """
     checks.check_rate_or_k(rate, k)
     checks.check_source(source, targets, state)
     if k is not None:
         checks.check_k(k, source.shape[0])
-    backend = ops.resolve(backend, source.device)
+    flags = _losses_flags(valid, source, targets)
+    return select_flagged(source, targets, flags, state, rate, k, ignore_index, ops.resolve(backend, source.device))
+
+
+def _losses_flags(valid: Tensor | None, source: Tensor, targets: Tensor | None) -> Tensor | None:
+    if valid is None:
+        return None
+    if targets is not None:
+        raise ValueError("valid= marks rows of given losses; with logits, mark rows by ignore_index")
+    return checks.valid_flags(valid, source)
+
+
+def select_flagged(
+    source: Tensor, targets: Tensor | None, flags: Tensor | None, state: SelectorState, rate: float | None,
+    k: int | None, ignore_index: int, backend: str,
+) -> Selection:  # fmt: skip
+    """Policy "uniform" on checked arguments (``flags`` with losses), on one process or across a group."""
     if rate is not None and state.process_group is not None:  # a rate is global, like "sb"
         gathered = distributed.gather_losses(
-            source, targets, state, ignore_index=ignore_index, label_smoothing=0.0, backend=backend
+            source, targets, state, ignore_index=ignore_index, label_smoothing=0.0, backend=backend, flags=flags
         )
         return distributed.local_rows(
             gathered,
@@ -45,8 +65,9 @@ def select_uniform(
         )  # fmt: skip
     logits, losses = (source, None) if targets is not None else (None, source)
     return ops.uniform(
-        logits=logits, targets=targets, losses=losses, history=state.history, meta=state.meta, rate=rate, k=k,
-        row_offset=distributed.row_offset(state, source.shape[0]), ignore_index=ignore_index, backend=backend,
+        logits=logits, targets=targets, losses=losses, flags=flags, history=state.history, meta=state.meta,
+        rate=rate, k=k, row_offset=distributed.row_offset(state, source.shape[0]), ignore_index=ignore_index,
+        backend=backend,
     )  # fmt: skip
 
 
@@ -67,6 +88,11 @@ class Uniform(Policy):
         return select_uniform(
             source, targets, state, self.rate, k, ignore_index=self.ignore_index, backend=self.backend
         )
+
+    def select_rows(self, losses: Tensor, flags: Tensor, state: SelectorState) -> Selection:
+        k = None if self.k is None else min(self.k, losses.shape[0])
+        backend = ops.resolve(self.backend, losses.device)
+        return select_flagged(losses, None, flags, state, self.rate, k, self.ignore_index, backend)
 
     def _parameters(self) -> dict:
         return {"rate": self.rate} if self.k is None else {"k": self.k}

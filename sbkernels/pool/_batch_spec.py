@@ -1,24 +1,36 @@
 """BatchSpec: what one observed batch looks like, recorded at the first ``observe`` and checked after.
 
 The pool stores a flat list of tensors. The spec turns an observed batch (a tuple of tensors, or one dict
-of them) plus the sample ids and the policy's weights into that list, and a pooled list back into a
-:class:`BackwardBatch` with the same structure.
+of them, e.g. a Hugging Face collator's ``BatchEncoding``) plus the sample ids and the policy's weights into
+that list, and a pooled list back into a :class:`BackwardBatch` with the same structure (the same mapping
+type). Every field travels by name: a field that is not per row is refused with its name, never dropped.
+
+Padding (SPEC section 9): batches from a collator that pads each batch to its own longest sequence differ
+in dim 1. A field with a pad value is re-padded by the pool to the longest length it holds; by default
+``labels`` pad with -100 and ``attention_mask`` with 0 (``PAD_DEFAULTS``); ``input_ids`` needs the
+tokenizer's pad id, given by the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from torch import Tensor
 
+#: Pad values of the fields every Hugging Face causal-LM batch has; others are given by the caller.
+PAD_DEFAULTS: dict[str, int | float] = {"labels": -100, "attention_mask": 0}
+
+PadValues = Mapping[str, int | float] | Sequence[int | float | None] | None
+
 
 class BackwardBatch(NamedTuple):
-    """One backward batch: the observed tensors (tuple, or dict when a dict was observed), the sample ids
-    when they were given, and the per-row loss weights for weighted policies ("importance", "gradmatch")."""
+    """One backward batch: the observed tensors (tuple, or a mapping of the observed type when a dict was
+    observed), the sample ids when they were given, and the per-row loss weights for weighted policies
+    ("importance", "gradmatch") and process groups."""
 
-    data: tuple[Tensor, ...] | dict[str, Tensor]
+    data: tuple[Tensor, ...] | Mapping[str, Tensor]
     sample_ids: Tensor | None
     weight: Tensor | None
 
@@ -29,24 +41,43 @@ class BatchSpec:
     size: int  # tensors of the batch that travel
     with_ids: bool
     with_weight: bool
+    mapping: type | None = None  # the observed mapping's type (dict, BatchEncoding, ...)
 
     @classmethod
     def record(
         cls, batch: tuple[Any, ...], fields: tuple[str, ...] | None, sample_ids: Tensor | None, weighted: bool
     ) -> BatchSpec:
         if len(batch) == 1 and isinstance(batch[0], Mapping):
-            values = batch[0]
-            tensors = [v for v in values.values() if isinstance(v, Tensor) and v.dim() > 0]
-            if not tensors:
-                raise ValueError("observe got a dict with no tensors to train on")
-            n = tensors[0].shape[0]
-            keys = fields or tuple(
-                key for key, v in values.items() if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n
-            )
-            return cls(tuple(keys), len(keys), sample_ids is not None, weighted)
-        if not batch or not all(isinstance(t, Tensor) for t in batch):
+            keys = _per_row_keys(batch[0], fields)
+            return cls(keys, len(keys), sample_ids is not None, weighted, type(batch[0]))
+        if not batch or not all(isinstance(t, Tensor) and t.dim() > 0 for t in batch):
             raise ValueError("observe needs the batch tensors to train on (tensors, or one dict of tensors)")
         return cls(None, len(batch), sample_ids is not None, weighted)
+
+    @property
+    def names(self) -> list[str]:
+        """A name per pooled tensor, for error messages: the dict keys, or ``batch[i]``."""
+        names = list(self.keys) if self.keys is not None else [f"batch[{i}]" for i in range(self.size)]
+        return names + ["sample_ids"] * self.with_ids + ["weight"] * self.with_weight
+
+    def pad_values(self, given: PadValues) -> list[int | float | None]:
+        """The pad value of each pooled tensor (None: its length may not change), from ``given`` (by key for
+        dict batches, by position for tuples) and :data:`PAD_DEFAULTS`."""
+        if self.keys is not None:
+            if given is not None and not isinstance(given, Mapping):
+                raise ValueError("pad_values must map field names to pad values for dict batches")
+            known = {**PAD_DEFAULTS, **(given or {})}
+            unknown = sorted(set(given or {}) - set(self.keys))
+            if unknown:
+                raise ValueError(f"pad_values names fields {unknown} that the batch does not carry {self.keys}")
+            pads: list[int | float | None] = [known.get(key) for key in self.keys]
+        else:
+            if isinstance(given, Mapping):
+                raise ValueError("pad_values must be a sequence (one per batch tensor) for tuple batches")
+            pads = list(given) if given is not None else [None] * self.size
+            if len(pads) != self.size:
+                raise ValueError(f"pad_values has {len(pads)} entries for {self.size} batch tensors")
+        return pads + [None] * (self.with_ids + self.with_weight)
 
     def tensors(self, batch: tuple[Any, ...]) -> list[Tensor]:
         """The tensors that travel, in the recorded order; raises if the batch's structure changed."""
@@ -78,5 +109,38 @@ class BatchSpec:
         fields = list(rows)
         weight = fields.pop() if self.with_weight else None
         ids = fields.pop() if self.with_ids else None
-        data = dict(zip(self.keys, fields, strict=True)) if self.keys is not None else tuple(fields)
-        return BackwardBatch(data, ids, weight)
+        if self.keys is None:
+            return BackwardBatch(tuple(fields), ids, weight)
+        return BackwardBatch(_as_mapping(self.mapping, dict(zip(self.keys, fields, strict=True))), ids, weight)
+
+
+def _per_row_keys(values: Mapping[str, Any], fields: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The fields that travel: every field (or the ones named in ``fields``), each a tensor with one entry per
+    row; anything else is refused by name (never silently dropped)."""
+    tensors = [v for v in values.values() if isinstance(v, Tensor) and v.dim() > 0]
+    if not tensors:
+        raise ValueError("observe got a dict with no tensors to train on")
+    keys = tuple(fields) if fields is not None else tuple(values)
+    n = tensors[0].shape[0]
+    for key in keys:
+        if key not in values:
+            raise ValueError(f"fields names {key!r}, which the batch does not have (it has {list(values)})")
+        value = values[key]
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != n:
+            what = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"batch field {key!r} ({what}) is not per row (leading dim {n}), so the pool cannot carry it to "
+                "the backward batch: leave it out of the batch (e.g. position_ids, which the model rebuilds), or "
+                "name the fields to carry with SelectiveBackprop(..., fields=(...))"
+            )
+    return keys
+
+
+def _as_mapping(mapping: type | None, data: dict[str, Tensor]) -> Mapping[str, Tensor]:
+    """``data`` as the observed mapping type (a ``BatchEncoding`` stays one), else a dict."""
+    if mapping is None or mapping is dict:
+        return data
+    try:
+        return mapping(data)
+    except TypeError:  # a mapping type that cannot be built from a dict
+        return data

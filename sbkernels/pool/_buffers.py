@@ -28,8 +28,9 @@ class Layout:
     perm: tuple[int, ...]  # buffer dims = source dims permuted by perm (channels_last stays dense)
 
     @classmethod
-    def of(cls, t: Tensor) -> Layout:
-        return cls(tuple(t.shape[1:]), t.dtype, dense_order(t))
+    def of(cls, t: Tensor, padded: bool = False) -> Layout:
+        """A padded tensor (its dim 1 may grow) is stored in its logical dim order."""
+        return cls(tuple(t.shape[1:]), t.dtype, tuple(range(t.dim())) if padded else dense_order(t))
 
     @property
     def inverse(self) -> tuple[int, ...]:
@@ -60,18 +61,33 @@ class RowBuffers:
         self._spare_cursor = new_cursor(device)
         self.resize(capacity)
 
-    def matches(self, tensors: tuple[Tensor, ...]) -> None:
+    def matches(self, tensors: tuple[Tensor, ...], names: list[str]) -> None:
         """Raise unless ``tensors`` have the layouts' number, trailing shapes, dtypes and device."""
         if len(tensors) != len(self.layouts):
             raise ValueError(f"push got {len(tensors)} tensors, the pool holds {len(self.layouts)}")
-        for i, (t, layout) in enumerate(zip(tensors, self.layouts, strict=True)):
+        for name, t, layout in zip(names, tensors, self.layouts, strict=True):
             if tuple(t.shape[1:]) != layout.trailing or t.dtype != layout.dtype:
+                hint = ""
+                if t.dim() >= 2 and tuple(t.shape[2:]) == layout.trailing[1:] and t.dtype == layout.dtype:
+                    hint = f": batches of different lengths need a pad value for {name} (pad_values)"
                 raise ValueError(
-                    f"tensor {i} has rows {tuple(t.shape[1:])} {t.dtype}, the pool holds {layout.trailing} "
-                    f"{layout.dtype}"
+                    f"{name} has rows {tuple(t.shape[1:])} {t.dtype}, the pool holds {layout.trailing} "
+                    f"{layout.dtype}{hint}"
                 )
             if t.device != self.device:
-                raise ValueError(f"the pool lives on {self.device}, tensor {i} is on {t.device}")
+                raise ValueError(f"the pool lives on {self.device}, {name} is on {t.device}")
+
+    def widen(self, i: int, length: int, pad: int | float) -> None:
+        """Grow tensor ``i``'s dim 1 to ``length``; the rows held get ``pad`` in the new positions (on the
+        device, no sync)."""
+        layout = self.layouts[i]
+        trailing = (length, *layout.trailing[1:])
+        for buffers in (self.buffers, self.spare):
+            old = buffers[i].permute(layout.inverse)
+            new = torch.full((self.capacity, *trailing), pad, dtype=layout.dtype, device=self.device)
+            new[:, : layout.trailing[0]].copy_(old)
+            buffers[i] = new
+        self.layouts[i] = Layout(trailing, layout.dtype, tuple(range(len(trailing) + 1)))
 
     def resize(self, capacity: int) -> None:
         """Buffers of ``capacity`` rows; the rows held are copied on the device (no sync)."""

@@ -14,7 +14,7 @@ a loop of push + ready_batches never finds the pool full. Rows are never dropped
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -76,11 +76,23 @@ class SelectionPool:
     no sync): it stays valid however long it is kept, e.g. while gradient accumulation fetches several
     batches before using any (SPEC section 10).
 
+    Variable lengths (SPEC section 9): ``pad_values`` gives, per pushed tensor, the value that pads its dim 1
+    (None: that tensor's shape is fixed). The pool then keeps every row of batches padded to different
+    lengths, re-padding each such tensor to the longest length it holds. ``names`` name the tensors in errors.
+
     Threads: a pool belongs to one thread at a time. A call that overlaps another thread's call on the same
     pool raises ``RuntimeError`` instead of handing out rows twice; guard a shared pool with a lock.
     """
 
-    def __init__(self, batch_size: int, capacity: int | None = None, readback: ReadbackFactory | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        capacity: int | None = None,
+        readback: ReadbackFactory | None = None,
+        *,
+        pad_values: Sequence[int | float | None] | None = None,
+        names: Sequence[str] | None = None,
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if capacity is not None and (
@@ -93,6 +105,14 @@ class SelectionPool:
         self._buffers: RowBuffers | None = None
         self._count = RowCount(readback)
         self._exclusive = ExclusiveUse("SelectionPool")  # held during each call: detects a second thread
+        self.describe(names, pad_values)
+
+    def describe(
+        self, names: Sequence[str] | None = None, pad_values: Sequence[int | float | None] | None = None
+    ) -> None:
+        """Name the tensors (for errors) and give their pad values, before the first push of them."""
+        self._names = list(names) if names is not None else None
+        self._pads = list(pad_values) if pad_values is not None else None
 
     @property
     def capacity(self) -> int | None:
@@ -124,12 +144,14 @@ class SelectionPool:
         if not tensors:
             raise ValueError("push needs at least one tensor to gather rows from")
         n = selection.indices.shape[0]
-        for i, t in enumerate(tensors):
+        names = self._tensor_names(len(tensors))
+        for name, t in zip(names, tensors, strict=True):
             if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != n:
-                raise ValueError(f"tensor {i} must have leading dim {n} to match the selection")
+                raise ValueError(f"{name} must have leading dim {n} to match the selection")
         if self._buffers is None:
             self._start(tensors, n, selection.indices.device)
-        self._held.matches(tensors)
+        tensors = self._fit(tensors)
+        self._held.matches(tensors, names)
         self._make_room(n)
         self._held.append(selection.indices, selection.count, tensors)
         self._count.pushed(self._held.cursor, n)
@@ -238,14 +260,45 @@ class SelectionPool:
             return
         if self._buffers is None:
             self._start(tuple(rows), max(rows[0].shape[0], 1), rows[0].device)
-        self._held.matches(tuple(rows))
-        self._held.load(rows)
+        fitted = self._fit(tuple(rows))
+        self._held.matches(fitted, self._tensor_names(len(rows)))
+        self._held.load(list(fitted))
         self._count.reset(rows[0].shape[0], rows_out)
 
     # ---------------------------------------------------------------------------------------- private
+    def _tensor_names(self, count: int) -> list[str]:
+        if self._names is not None and len(self._names) == count:
+            return self._names
+        return [f"tensor {i}" for i in range(count)]
+
+    def _padded(self, count: int) -> list[int | float | None]:
+        if self._pads is None:
+            return [None] * count
+        if len(self._pads) != count:
+            raise ValueError(f"the pool has pad values for {len(self._pads)} tensors, got {count} tensors")
+        return self._pads
+
+    def _fit(self, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Each padded tensor at the pool's length for it: a shorter one padded, a longer one widens the pool."""
+        fitted = list(tensors)
+        buffers = self._held
+        for i, pad in enumerate(self._padded(len(tensors))):
+            t = tensors[i]
+            if pad is None or t.dim() < 2 or tuple(t.shape[2:]) != buffers.layouts[i].trailing[1:]:
+                continue  # a fixed shape, or a mismatch that matches() reports
+            held = buffers.layouts[i].trailing[0]
+            if t.shape[1] > held:
+                buffers.widen(i, t.shape[1], pad)
+            elif t.shape[1] < held:
+                filler = t.new_full((t.shape[0], held - t.shape[1], *t.shape[2:]), pad)
+                fitted[i] = torch.cat([t, filler], dim=1)
+        return tuple(fitted)
+
     def _start(self, tensors: tuple[Tensor, ...], n: int, device: torch.device) -> None:
         capacity = self._fixed_capacity or self.batch_size + 2 * n
-        self._buffers = RowBuffers([Layout.of(t) for t in tensors], capacity, self.batch_size, device)
+        pads = self._padded(len(tensors))
+        layouts = [Layout.of(t, padded=pad is not None and t.dim() >= 2) for t, pad in zip(tensors, pads, strict=True)]
+        self._buffers = RowBuffers(layouts, capacity, self.batch_size, device)
         if self._readback is None and device.type == "cuda":
             self._count.readback = EventReadback
 

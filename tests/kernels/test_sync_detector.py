@@ -146,7 +146,37 @@ CALLS = {
     "uniform k": lambda x, t, s, b: policies.select_uniform(x, t, s, k=9, backend=b),
     "importance": lambda x, t, s, b: policies.select_importance(x, t, s, k=9, backend=b),
     "gradmatch": lambda x, t, s, b: policies.select_gradmatch(x, t, s, 5, x[:, :7] * 2, steps=4, backend=b),
+    "select_losses valid": lambda x, t, s, b: sbkernels.select_losses(x[:, 0].abs(), s, valid=t >= 0, backend=b),
 }
+
+# Language models: (B, T, V) logits (a strided slice) and labels with an all-ignored sequence.
+LM_CALLS = {
+    "sequence_losses": lambda x, h, w, y, b: sbkernels.sequence_losses(x, y, backend=b),
+    "linear_sequence_losses": lambda x, h, w, y, b: sbkernels.linear_sequence_losses(h, w, y, block_rows=5, backend=b),
+    "SB on sequences": lambda x, h, w, y, b: sbkernels.SB(backend=b, history_size=8)(x, y),
+    "Keep on sequences": lambda x, h, w, y, b: sbkernels.Keep(0.5, backend=b)(x, y),
+    "Uniform(k) on sequences": lambda x, h, w, y, b: sbkernels.Uniform(k=2, backend=b)(x, y),
+}
+
+
+def _lm_tensors():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(4, 9, C, generator=gen)[:, 1:]  # (4, 8, C), not mergeable over (B, T)
+    hidden, weight = torch.randn(4, 8, 6, generator=gen), torch.randn(C, 6, generator=gen)
+    labels = torch.randint(0, C, (4, 8), generator=gen)
+    labels[2, 1:] = -100  # no valid token after the shift
+    return logits, hidden, weight, labels
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(LM_CALLS))
+def test_language_model_paths_never_sync(name, backend):
+    args = (*_lm_tensors(), backend)
+    LM_CALLS[name](*args)  # warm-up outside the detector
+    with SyncDetector() as detector:
+        LM_CALLS[name](*args)
+    detector.assert_clean()
+    assert detector.ops_seen > 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -29,7 +29,7 @@ from ptx_ordering import ordering_violations
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from sbkernels.kernels import common, row_stats, select_sb
+from sbkernels.kernels import common, row_stats, select_sb, sequence
 
 HISTORY_SIZE = 1024  # SelectorState's default
 # (N, C, logits dtype); C = 0 means the kernel is given losses.
@@ -56,6 +56,9 @@ def _scalar_types() -> dict[str, str]:
     types = {name: "i32" for name in ("N", "C", "R", "beta_int", "prime", "ignore_index", "row_offset")}
     types |= {name: "fp32" for name in ("beta", "floor", "label_smoothing", "fixed_prob")}
     types |= {name: "i64" for name in ("stride_logits", "stride_targets", "stride_losses")}
+    types |= {name: "i64" for name in ("stride_b", "stride_t", "stride_lb", "stride_lt")}
+    types |= {name: "i32" for name in ("T_SCORED", "OFFSET")}
+    types |= {"labels_ptr": "*i64"}
     ptrs = ("losses_in_ptr", "history_ptr", "loss_ptr", "prob_ptr", "score_ptr", "u_ptr", "r_ptr")
     types |= {name: "*fp32" for name in ptrs}
     types |= {"meta_ptr": "*i64", "indices_ptr": "*i64", "count_ptr": "*i32", "targets_ptr": "*i64", "flags_ptr": "*i8"}
@@ -81,6 +84,7 @@ def cases():
         if from_logits:
             yield f"residual N={n} C={c} {dtype}", row_stats.residual_kernel, types | {"targets_ptr": "*i32"}, \
                 config, num_warps  # fmt: skip
+            yield f"token_losses N={n} V={c} {dtype}", sequence.token_losses_kernel, types, config, num_warps
 
 
 def _cuobjdump() -> str | None:

@@ -19,6 +19,7 @@ from sbkernels.slots import CURSOR_SIZE, META_PUSHED, META_SIZE, META_STEP
 
 ops = torch.ops.sbkernels
 N, C, R = 7, 5, 4
+B, T, H = 3, 6, 8  # language-model batches: sequences, tokens, hidden width (V = C)
 
 
 def _logits() -> torch.Tensor:
@@ -27,6 +28,20 @@ def _logits() -> torch.Tensor:
 
 def _targets(n: int = N) -> torch.Tensor:
     return torch.randint(0, C, (n,))
+
+
+def _labels(batch: int = B, length: int = T) -> torch.Tensor:
+    return torch.randint(0, C, (batch, length))
+
+
+def _token_losses_cpu(**changes) -> Callable[[], object]:
+    def call():
+        args = dict(logits=torch.randn(B, T, C), labels=_labels(), shift=True, ignore_index=-100,
+                    label_smoothing=0.0)  # fmt: skip
+        args.update(changes)
+        return ops.token_losses_cpu(*args.values())
+
+    return call
 
 
 def _meta(**slots: int) -> torch.Tensor:
@@ -89,14 +104,19 @@ def _policy_op(name: str, **changes) -> Callable[[], object]:
                               backend="native"),
             "uniform": dict(logits=_logits(), targets=_targets(), losses=None, flags=None, history=torch.rand(R),
                             meta=_meta(), rate=-1.0, k=3, row_offset=0, ignore_index=-100, backend="native"),
-            "keep": dict(logits=_logits(), targets=_targets(), losses=None, meta=_meta(), keep=0.5, row_offset=0,
-                         ignore_index=-100, backend="native"),
+            "keep": dict(logits=_logits(), targets=_targets(), losses=None, flags=None, meta=_meta(), keep=0.5,
+                         row_offset=0, ignore_index=-100, backend="native"),
             "importance": dict(logits=_logits(), targets=_targets(), meta=_meta(), k=3, row_offset=0, ignore_index=-100,
                                backend="native"),
             "gradmatch": dict(logits=_logits(), targets=_targets(), features=None, meta=_meta(), k=3, steps=10,
                               ignore_index=-100, backend="native"),
             "row_losses": dict(logits=_logits(), targets=_targets(), losses=None, ignore_index=-100,
                                label_smoothing=0.0, backend="native"),
+            "sequence_losses": dict(logits=torch.randn(B, T, C), labels=_labels(), shift=True, ignore_index=-100,
+                                    reduction="mean", label_smoothing=0.0, backend="native"),
+            "linear_sequence_losses": dict(hidden=torch.randn(B, T, H), weight=torch.randn(C, H), bias=None,
+                                           labels=_labels(), shift=True, ignore_index=-100, reduction="mean",
+                                           label_smoothing=0.0, block_rows=4, backend="native"),
         }[name]  # fmt: skip
         base.update(changes)
         return getattr(ops, name)(*base.values())
@@ -177,6 +197,13 @@ CASES: dict[str, Callable[[], object]] = {
     "gather_rows.output_strided": _gather_rows(outputs=[torch.empty(3, 10).t()]),
     "gather_rows.dtype_mismatch": _gather_rows(outputs=[torch.empty(10, 3, dtype=torch.float64)]),
     "gather_rows.row_shape_mismatch": _gather_rows(outputs=[torch.empty(10, 4)]),
+    # token_losses_cpu
+    "token_losses_cpu.logits_2d": _token_losses_cpu(logits=torch.randn(B * T, C)),
+    "token_losses_cpu.labels_short": _token_losses_cpu(labels=_labels(length=T - 2)),
+    "token_losses_cpu.labels_float": _token_losses_cpu(labels=torch.zeros(B, T)),
+    "token_losses_cpu.logits_int": _token_losses_cpu(logits=torch.zeros(B, T, C, dtype=torch.int32)),
+    "token_losses_cpu.logits_vocab_stride": _token_losses_cpu(logits=torch.randn(C, T, B).permute(2, 1, 0)),
+    "token_losses_cpu.label_smoothing_one": _token_losses_cpu(label_smoothing=1.0),
     # cpu_isa
     "cpu_isa.unknown": lambda: ops.cpu_isa("sse9"),
     # The registered Python ops, called directly.
@@ -199,6 +226,21 @@ CASES: dict[str, Callable[[], object]] = {
     "gradmatch.features_short": _policy_op("gradmatch", features=torch.randn(2, 3)),
     "row_losses.no_source": _policy_op("row_losses", logits=None, targets=None),
     "row_losses.triton_targets_short": _policy_op("row_losses", targets=_targets(1), backend="triton"),
+    "sequence_losses.logits_2d": _policy_op("sequence_losses", logits=torch.randn(B * T, C)),
+    "sequence_losses.triton_labels_short": _policy_op("sequence_losses", labels=_labels(length=2), backend="triton"),
+    "sequence_losses.triton_vocab_stride": _policy_op(
+        "sequence_losses", logits=torch.randn(C, T, B).permute(2, 1, 0), backend="triton"
+    ),
+    "sequence_losses.reduction_unknown": _policy_op("sequence_losses", reduction="max"),
+    "linear_sequence_losses.weight_width": _policy_op("linear_sequence_losses", weight=torch.randn(C, H + 1)),
+    "linear_sequence_losses.bias_short": _policy_op("linear_sequence_losses", bias=torch.randn(C - 1)),
+    "linear_sequence_losses.block_rows_zero": _policy_op("linear_sequence_losses", block_rows=0),
+    "linear_sequence_losses.triton_labels_short": _policy_op(
+        "linear_sequence_losses", labels=_labels(batch=1), backend="triton"
+    ),
+    "linear_sequence_losses.weight_dtype": _policy_op(
+        "linear_sequence_losses", weight=torch.randn(C, H, dtype=torch.float64)
+    ),
 }
 
 

@@ -1,0 +1,109 @@
+"""Language models: per-sequence losses for sequence-level Selective-Backprop (SPEC section 9).
+
+For a causal LM the unit that saves compute is the sequence: a dropped sequence runs neither forward with
+gradients nor backward, while a dropped token saves nothing. These functions reduce a batch to one loss
+per sequence, without a host sync:
+
+- :func:`sequence_losses`: from logits (B, T, V), in one pass over them (a Triton kernel on CUDA, native
+  C++ on CPU), reading any strides along B and T in place;
+- :func:`linear_sequence_losses`: from the last hidden states (B, T, H) and the LM head (V, H), a block of
+  tokens at a time, so the (B, T, V) logits never exist (at V = 128,256 and 8 x 1024 tokens they would
+  take 2 GB in bf16).
+
+Every policy takes LM batches directly: ``SB(beta=1)(logits, labels)`` with (B, T, V) logits selects whole
+sequences, and :meth:`sbkernels.SelectiveBackprop.observe` takes the same (or ``lm_head=`` with hidden
+states).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from . import _checks as checks
+from . import ops
+
+#: Bytes of logits one block of :func:`linear_sequence_losses` may hold (its extra memory, whatever B * T).
+BLOCK_BYTES = 16 * 2**20
+
+
+def sequence_losses(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    shift: bool = True,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    backend: str | None = None,
+) -> Tensor:
+    """(B,) float32 loss per sequence of LM logits (B, T, V) and labels (B, T).
+
+    Args:
+        logits: (B, T, V) float32 / bfloat16 / float16, unit stride along V (any strides along B and T).
+        labels: (B, T) int64 / int32; tokens labelled ``ignore_index`` do not count.
+        shift: the causal shift of Hugging Face models: position t is scored against label t + 1.
+        reduction: "mean" over each sequence's valid tokens, or "sum".
+        label_smoothing: as in ``F.cross_entropy``, in [0, 1).
+        backend: "auto" (Triton on CUDA, native C++ on CPU), "native", "triton" or "reference".
+
+    A sequence with no valid token gets loss 0 (policies treat it as an ignored row: never selected); one
+    with a label outside [0, V) gets NaN.
+    """
+    checks.check_sequence_logits(logits, labels)
+    checks.check_sequence_options(shift, reduction, label_smoothing)
+    loss, _ = ops.sequence_losses(
+        logits=logits, labels=labels, shift=shift, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, backend=ops.resolve(backend, logits.device),
+    )  # fmt: skip
+    return loss
+
+
+def linear_sequence_losses(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    shift: bool = True,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    block_rows: int | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """:func:`sequence_losses` of ``hidden @ weight.T + bias`` without forming those (B, T, V) logits.
+
+    ``hidden`` (B, T, H) are the last hidden states (``output_hidden_states=True``, the last entry, after
+    the final norm) and ``weight`` (V, H) the LM head's (``model.get_output_embeddings().weight``), in
+    the same dtype. ``block_rows`` tokens are scored at a time (default: as many as fit in
+    :data:`BLOCK_BYTES` of logits), so the extra memory is ``block_rows * V`` elements.
+    """
+    checks.check_sequence_hidden(hidden, weight, bias, labels)
+    checks.check_sequence_options(shift, reduction, label_smoothing)
+    block_rows = default_block_rows(weight) if block_rows is None else block_rows
+    checks.check_int("block_rows", block_rows, 1, 2**31 - 1)
+    loss, _ = ops.linear_sequence_losses(
+        hidden=hidden, weight=weight, bias=bias, labels=labels, shift=shift, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, block_rows=block_rows,
+        backend=ops.resolve(backend, hidden.device),
+    )  # fmt: skip
+    return loss
+
+
+def default_block_rows(weight: Tensor) -> int:
+    """Tokens per block of the linear form: :data:`BLOCK_BYTES` of logits in the weight's dtype."""
+    return max(1, BLOCK_BYTES // (weight.shape[0] * weight.element_size()))
+
+
+def lm_head_parameters(lm_head: nn.Module | Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(weight, bias)`` of an LM head given as a module with ``weight`` (e.g. ``nn.Linear``) or a tensor."""
+    if isinstance(lm_head, Tensor):
+        return lm_head, None
+    weight = getattr(lm_head, "weight", None)
+    if not isinstance(weight, Tensor):
+        raise TypeError(
+            f"lm_head must be the LM head module (with .weight, e.g. model.get_output_embeddings()) or its "
+            f"(V, H) weight, got {type(lm_head).__name__}"
+        )
+    bias = getattr(lm_head, "bias", None)
+    return weight, bias if isinstance(bias, Tensor) else None

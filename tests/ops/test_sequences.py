@@ -1,0 +1,221 @@
+"""Per-sequence losses (SPEC section 9) against an fp64 reference, on every backend, over odd shapes.
+
+The reference here is written independently of sbkernels: ``F.cross_entropy`` in float64 per token, then
+the mean (or sum) over each sequence's valid tokens. Every backend's float32 result must match it to
+float32 rounding of the logits' magnitude.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sbkernels
+from sbkernels import ops
+from tests.helpers import kernel_devices
+
+BACKENDS = ["reference", "native", *(["triton"] if "cpu" in kernel_devices() else [])]
+
+
+def fp64_sequence_losses(logits, labels, shift=True, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+    """(loss, ignored) per sequence in float64; ignored: no valid token. Labels must be in range."""
+    x, t = (logits[:, :-1], labels[:, 1:]) if shift else (logits, labels)
+    batch, length, vocab = x.shape
+    token = F.cross_entropy(
+        x.double().reshape(-1, vocab), t.reshape(-1).long(), reduction="none", ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+    ).view(batch, length)  # fmt: skip
+    valid = t != ignore_index
+    total = (token * valid).sum(1)
+    count = valid.sum(1)
+    loss = total / count.clamp_min(1) if reduction == "mean" else total
+    return loss, count == 0
+
+
+def _batch(batch, length, vocab, dtype, seed, ignore_frac=0.2):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(batch, length, vocab, generator=gen) * 3).to(dtype)
+    labels = torch.randint(0, vocab, (batch, length), generator=gen)
+    labels[torch.rand(batch, length, generator=gen) < ignore_frac] = -100
+    labels[-1, :] = -100  # a sequence with no valid token at all
+    return logits, labels
+
+
+def _tolerance(logits, reduction, length):
+    scale = 1.0 + float(logits.float().abs().max())
+    return 2e-6 * scale * (length if reduction == "sum" else 1)
+
+
+SHAPES = [(1, 1, 2), (2, 2, 2), (3, 7, 5), (4, 33, 97), (2, 5, 50_257), (1, 3, 262_144)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("batch", "length", "vocab"), SHAPES)
+@pytest.mark.parametrize("shift", [True, False])
+def test_sequence_losses_match_fp64(backend, batch, length, vocab, shift):
+    logits, labels = _batch(batch, length, vocab, torch.float32, seed=batch * 1000 + length)
+    for reduction in ("mean", "sum"):
+        got = sbkernels.sequence_losses(logits, labels, shift=shift, reduction=reduction, backend=backend)
+        want, ignored = fp64_sequence_losses(logits, labels, shift, reduction)
+        assert got.dtype == torch.float32 and got.shape == (batch,)
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=_tolerance(logits, reduction, length))
+        assert bool((got[ignored] == 0).all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_are_scored_in_float32(backend, dtype):
+    logits, labels = _batch(3, 9, 131, dtype, seed=7)
+    got = sbkernels.sequence_losses(logits, labels, backend=backend)
+    want, _ = fp64_sequence_losses(logits, labels)  # the same rounded logits, in float64
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=_tolerance(logits, "mean", 9))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_label_smoothing(backend):
+    logits, labels = _batch(3, 6, 17, torch.float32, seed=3)
+    got = sbkernels.sequence_losses(logits, labels, label_smoothing=0.1, backend=backend)
+    want, _ = fp64_sequence_losses(logits, labels, label_smoothing=0.1)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=_tolerance(logits, "mean", 6))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_logits_are_read_in_place(backend):
+    """A slice of a longer buffer (not mergeable over B and T), and a (T, B, V) buffer seen as (B, T, V)."""
+    gen = torch.Generator().manual_seed(5)
+    big = torch.randn(3, 12, 23, generator=gen)
+    labels = torch.randint(0, 23, (3, 8), generator=gen)
+    for logits in (big[:, 2:10], torch.randn(8, 3, 23, generator=gen).transpose(0, 1)):
+        got = sbkernels.sequence_losses(logits, labels, backend=backend)
+        want, _ = fp64_sequence_losses(logits, labels)
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=_tolerance(logits, "mean", 8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_labels_and_flags(backend):
+    """A label outside [0, V) makes its sequence NaN and a bad row; no valid token makes an ignored row."""
+    logits, labels = _batch(4, 6, 11, torch.float32, seed=9, ignore_frac=0.0)
+    labels[1, 3] = 11
+    labels[2, 1:] = -100
+    loss, flags = ops.sequence_losses(logits=logits, labels=labels, backend=backend)
+    assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
+    assert loss[2] == 0 and loss[3] == 0
+    from sbkernels.slots import ROW_BAD_TARGET, ROW_IGNORED, ROW_VALID
+
+    assert flags.tolist() == [ROW_VALID, ROW_BAD_TARGET, ROW_IGNORED, ROW_IGNORED]
+
+
+def test_infinite_logits_follow_cross_entropy():
+    """A -inf non-target logit (a masked vocabulary entry) adds nothing; a -inf target gives +inf."""
+    logits, labels = _batch(2, 4, 7, torch.float32, seed=2, ignore_frac=0.0)
+    labels[-1] = torch.tensor([0, 1, 2, 3])
+    logits[:, :, 6] = float("-inf")
+    for backend in BACKENDS:
+        got = sbkernels.sequence_losses(logits, labels, backend=backend)
+        want, _ = fp64_sequence_losses(logits, labels)
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+    logits[0, 0, labels[0, 1]] = float("-inf")
+    for backend in BACKENDS:
+        assert sbkernels.sequence_losses(logits, labels, backend=backend)[0] == float("inf")
+
+
+# ------------------------------------------------------------------------------------ the linear form
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("block_rows", [1, 5, 1000])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_form_matches_the_logits_form(backend, block_rows, with_bias):
+    gen = torch.Generator().manual_seed(block_rows)
+    hidden, weight = torch.randn(3, 7, 16, generator=gen), torch.randn(41, 16, generator=gen) / 4
+    bias = torch.randn(41, generator=gen) if with_bias else None
+    labels = torch.randint(0, 41, (3, 7), generator=gen)
+    labels[0, :3] = -100
+    for shift in (True, False):
+        got = sbkernels.linear_sequence_losses(
+            hidden, weight, labels, bias=bias, shift=shift, block_rows=block_rows, backend=backend
+        )
+        want, _ = fp64_sequence_losses(F.linear(hidden, weight, bias), labels, shift)
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+
+
+def test_linear_form_never_holds_more_than_one_block_of_logits(monkeypatch):
+    """Every matrix product the linear form makes has at most ``block_rows`` rows: the (B, T, V) logits
+    never exist. Negative control: the logits form (what it replaces) makes one product of all B * T rows."""
+    shapes: list[tuple[int, ...]] = []
+    linear = F.linear
+
+    def recording(x, w, b=None):
+        out = linear(x, w, b)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording)
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(4, 50, 8, generator=gen), torch.randn(300, 8, generator=gen)
+    labels = torch.randint(0, 300, (4, 50), generator=gen)
+    sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=32, backend="native")
+    assert shapes and all(s[0] <= 32 and s[-1] == 300 for s in shapes), shapes
+    assert sum(s[0] for s in shapes) == 4 * 50
+    shapes.clear()
+    sbkernels.sequence_losses(torch.nn.functional.linear(hidden, weight), labels, backend="native")
+    assert shapes == [(4, 50, 300)]  # the control: the logits form holds every token's row at once
+
+
+def test_default_block_holds_block_bytes_of_logits():
+    weight = torch.empty(32_000, 8, dtype=torch.bfloat16)
+    rows = sbkernels.lm.default_block_rows(weight)
+    assert rows * 32_000 * 2 <= sbkernels.lm.BLOCK_BYTES < (rows + 1) * 32_000 * 2
+
+
+# ------------------------------------------------------------------------- errors name the argument
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda x, y: sbkernels.sequence_losses(x[0], y), "logits must be 3-D"),
+        (lambda x, y: sbkernels.sequence_losses(x, y[:, 1:]), "labels must have shape"),
+        (lambda x, y: sbkernels.sequence_losses(x, y.float()), "labels dtype"),
+        (lambda x, y: sbkernels.sequence_losses(x, y, reduction="max"), "reduction must be one of"),
+        (lambda x, y: sbkernels.sequence_losses(x.transpose(1, 2).contiguous().transpose(1, 2), y), "unit stride"),
+        (lambda x, y: sbkernels.linear_sequence_losses(x, torch.randn(5, 3), y), "weight must be"),
+        (lambda x, y: sbkernels.linear_sequence_losses(x, torch.randn(5, 11), y, block_rows=0), "block_rows"),
+    ],
+)
+def test_bad_arguments_raise_with_the_argument_named(call, message):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 4, 11, generator=gen), torch.randint(0, 11, (2, 4), generator=gen)
+    with pytest.raises(ValueError, match=message):
+        call(x, y)
+
+
+# --------------------------------------------------------------------- registered-op machinery
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_opcheck(backend):
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(3, 5, 13, generator=gen), torch.randint(0, 13, (3, 5), generator=gen)
+    hidden, weight = torch.randn(3, 5, 4, generator=gen), torch.randn(13, 4, generator=gen)
+    tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(
+        torch.ops.sbkernels.sequence_losses.default, (logits, labels, True, -100, "mean", 0.0, backend),
+        test_utils=tests,
+    )  # fmt: skip
+    torch.library.opcheck(
+        torch.ops.sbkernels.linear_sequence_losses.default,
+        (hidden, weight, None, labels, True, -100, "sum", 0.0, 4, backend), test_utils=tests,
+    )  # fmt: skip
+    torch.library.opcheck(torch.ops.sbkernels.token_losses_cpu.default, (logits, labels, True, -100, 0.0))
+
+
+def test_compile_fullgraph_matches_eager():
+    gen = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(3, 6, 19, generator=gen), torch.randint(0, 19, (3, 6), generator=gen)
+    hidden, weight = torch.randn(3, 6, 4, generator=gen), torch.randn(19, 4, generator=gen)
+
+    def both(logits, labels, hidden, weight):
+        return (
+            sbkernels.sequence_losses(logits, labels, backend="native"),
+            sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=5, backend="native"),
+        )
+
+    compiled = torch.compile(both, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(logits, labels, hidden, weight), both(logits, labels, hidden, weight), strict=True):
+        torch.testing.assert_close(got, want)
