@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from . import _checks as checks
 from . import ops
 
-#: Bytes of logits one block of :func:`linear_sequence_losses` may hold (its extra memory, whatever B * T).
-BLOCK_BYTES = 16 * 2**20
+#: Logits one block of :func:`linear_sequence_losses` holds (its extra memory, whatever B * T): 32 MiB in
+#: float32, half that in bf16. Smaller blocks re-read the LM head more often (on this project's CPU, blocks of
+#: 131 tokens made the form 1.6x slower than one matrix product; 262 tokens, 1.2x: benchmarks/results/lm-cpu.md).
+BLOCK_ELEMENTS = 8 * 2**20
 
 
 def sequence_losses(
@@ -75,8 +77,8 @@ def linear_sequence_losses(
 
     ``hidden`` (B, T, H) are the last hidden states (``output_hidden_states=True``, the last entry, after
     the final norm) and ``weight`` (V, H) the LM head's (``model.get_output_embeddings().weight``), in
-    the same dtype. ``block_rows`` tokens are scored at a time (default: as many as fit in
-    :data:`BLOCK_BYTES` of logits), so the extra memory is ``block_rows * V`` elements.
+    the same dtype. ``block_rows`` tokens are scored at a time (default: ``BLOCK_ELEMENTS // V``), so the
+    extra memory is ``block_rows * V`` logits, whatever B and T.
     """
     checks.check_sequence_hidden(hidden, weight, bias, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
@@ -91,8 +93,8 @@ def linear_sequence_losses(
 
 
 def default_block_rows(weight: Tensor) -> int:
-    """Tokens per block of the linear form: :data:`BLOCK_BYTES` of logits in the weight's dtype."""
-    return max(1, BLOCK_BYTES // (weight.shape[0] * weight.element_size()))
+    """Tokens per block of the linear form: :data:`BLOCK_ELEMENTS` logits."""
+    return max(1, BLOCK_ELEMENTS // weight.shape[0])
 
 
 def lm_head_parameters(lm_head: nn.Module | Tensor) -> tuple[Tensor, Tensor | None]:

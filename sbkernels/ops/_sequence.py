@@ -60,9 +60,16 @@ def linear_sequence_losses(
         targets = labels
     rows, flat_targets = hidden.reshape(batch * length, width), targets.reshape(1, batch * length)
     token_loss = torch.empty(batch * length, dtype=torch.float32, device=hidden.device)
+    # One buffer for every block's logits: a fresh output per product made the CPU BLAS keep and re-pack
+    # buffers, doubling the time and adding several blocks of memory (benchmarks/results/lm-cpu.md).
+    buffer = hidden.new_empty((min(block_rows, batch * length), vocab))
     for start in range(0, batch * length, block_rows):
         stop = min(start + block_rows, batch * length)
-        block = torch.nn.functional.linear(rows[start:stop], weight, bias)  # (rows, V), hidden's dtype
+        block = buffer[: stop - start]
+        if bias is None:
+            torch.mm(rows[start:stop], weight.t(), out=block)  # (rows, V) in hidden's dtype, as the model's
+        else:
+            torch.addmm(bias, rows[start:stop], weight.t(), out=block)
         token_loss[start:stop] = token_losses(
             logits=block.view(1, stop - start, vocab), labels=flat_targets[:, start:stop], shift=False,
             ignore_index=ignore_index, label_smoothing=label_smoothing,

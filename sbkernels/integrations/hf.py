@@ -1,0 +1,217 @@
+"""Selective-Backprop inside Hugging Face ``transformers.Trainer`` (SPEC section 10).
+
+    trainer = SelectiveBackpropTrainer(
+        model=model, args=TrainingArguments(..., max_steps=1000), train_dataset=train, eval_dataset=held_out,
+        data_collator=collator, selective_backprop=sbkernels.SelectiveBackprop(
+            16, sbkernels.SB(beta=1.0, history_size=64), pad_values={"input_ids": tokenizer.pad_token_id}),
+    )
+    trainer.train()                                  # or trainer.train(resume_from_checkpoint=True)
+
+How it fits the Trainer: the training dataloader is wrapped. For each loader batch the wrapper runs the
+scoring pass (the model in eval mode, under no_grad and the Trainer's autocast; from the last hidden
+states and the LM head where the model has output embeddings, so the (B, T, V) logits never exist), lets
+``SelectiveBackprop`` select whole sequences, and yields the owned backward batches it completes. The
+Trainer then does what it always does with the batches it is given, so gradient accumulation,
+``num_items_in_batch`` (counted over the backward batches' labels), clipping, the optimizer, the
+learning-rate schedule (counted in optimizer steps taken) and logging are the Trainer's own. Evaluation
+uses the evaluation dataloader, untouched: no selection, no change of the selection state.
+
+- ``max_steps`` is required: how many backward batches an epoch yields depends on the selection, so the
+  Trainer cannot count an epoch in optimizer steps beforehand. The wrapper passes over the training set
+  again and again (``set_epoch`` each pass, the last partial batch flushed at each pass's end);
+  the logs carry ``sb_epoch`` (passes over the data, with the fraction of the current one),
+  ``sb_selected_fraction``, ``sb_scored_rows`` and ``sb_backward_rows``.
+- Checkpoints: the selection state (``SelectiveBackprop.state_dict()``: the policy's history and seed
+  step, the pool's rows not yet trained on, the position in the data) is saved in every checkpoint as
+  ``selective_backprop.pt`` and restored by ``train(resume_from_checkpoint=...)``, which then selects as the
+  uninterrupted run would. The Trainer's own skipping of seen batches is replaced by the wrapper's: it
+  skips the loader batches already scored without scoring them again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+try:
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError("sbkernels.integrations.hf needs transformers: pip install 'sbkernels[hf]'") from error
+
+from ..trainer import SelectiveBackprop
+
+STATE_FILE = "selective_backprop.pt"
+
+
+class SelectiveBackpropTrainer(Trainer):
+    """A ``transformers.Trainer`` that backpropagates only the sequences ``selective_backprop`` keeps.
+
+    Args:
+        selective_backprop: the :class:`~sbkernels.SelectiveBackprop` (its ``batch_size`` is the backward
+            batch size; the loader's batch size is the scoring batch size).
+        scoring: "hidden" (from the last hidden states and the output embeddings), "logits" (the model's
+            logits), or "auto": "hidden" when the model has output embeddings and a base model.
+        Every other argument is the Trainer's; ``args.max_steps`` must be set.
+    """
+
+    def __init__(self, *args: Any, selective_backprop: SelectiveBackprop, scoring: str = "auto", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(selective_backprop, SelectiveBackprop):
+            raise TypeError(f"selective_backprop must be a sbkernels.SelectiveBackprop, got {selective_backprop!r}")
+        if self.args.max_steps is None or self.args.max_steps <= 0:
+            raise ValueError(
+                "SelectiveBackpropTrainer needs TrainingArguments(max_steps=...): the optimizer steps of an epoch "
+                "depend on what is selected, so the Trainer cannot derive them from num_train_epochs"
+            )
+        if scoring not in ("auto", "hidden", "logits"):
+            raise ValueError(f"scoring must be 'auto', 'hidden' or 'logits', got {scoring!r}")
+        self.selective_backprop = selective_backprop
+        self.scoring = scoring
+        self.position = {"epoch": 0, "batches": 0}  # passes over the data, loader batches scored in this one
+        self._train_loader: Any = None  # the Trainer's own training dataloader, inside the wrapper
+        self.add_callback(_SelectionCallback(self))
+
+    # ------------------------------------------------------------------------------- the Trainer's hooks
+    def get_train_dataloader(self):
+        return _SelectedBatches(self, super().get_train_dataloader())
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs:  # training logs carry the selection's counts; evaluation logs stay as they are
+            logs = {**logs, **self.selection_logs()}
+        super().log(logs, *args, **kwargs)
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        return dataloader  # the selection state knows the position in the data (see train())
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str):
+            self._load_selection(checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------ selection
+    def score(self, batch: dict[str, Any]) -> None:
+        """The scoring pass of one loader batch, then ``observe``: eval mode, no_grad, the Trainer's autocast."""
+        model: Any = self.model  # a PreTrainedModel (or a module with the same calls)
+        if model is None:
+            raise ValueError("SelectiveBackpropTrainer needs a model to score the batches")
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                labels = batch["labels"]
+                inputs = {key: value for key, value in batch.items() if key != "labels"}
+                head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+                base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+                if self.scoring != "logits" and head is not None and base is not None and base is not model:
+                    hidden = base(**inputs).last_hidden_state
+                    self.selective_backprop.observe(hidden, labels, batch, lm_head=head)
+                elif self.scoring == "hidden":
+                    raise ValueError("scoring='hidden' needs a model with output embeddings and a base model")
+                else:
+                    self.selective_backprop.observe(model(**inputs).logits, labels, batch)
+        finally:
+            model.train(training)
+
+    def _load_selection(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{checkpoint} has no {STATE_FILE}: it was not saved by SelectiveBackpropTrainer")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or set(saved) != {"selective_backprop", "position"}:
+            raise ValueError(f"corrupted {path}: need a dict with 'selective_backprop' and 'position'")
+        position = saved["position"]
+        if not isinstance(position, dict) or set(position) != {"epoch", "batches"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position.values()
+        ):  # fmt: skip
+            raise ValueError(f"corrupted {path}: position must hold epoch and batches as ints >= 0")
+        self.selective_backprop.load_state_dict(_to_device(saved["selective_backprop"], self.args.device))
+        self.position = dict(position)
+
+    def save_selection(self, checkpoint: str) -> None:
+        state = {"selective_backprop": self.selective_backprop.state_dict(), "position": dict(self.position)}
+        torch.save(state, os.path.join(checkpoint, STATE_FILE))
+
+    def selection_logs(self) -> dict[str, float]:
+        counts = self.selective_backprop.counts
+        passes = self.position["epoch"]
+        total = _length(self._train_loader) if self._train_loader is not None else None
+        fraction = self.position["batches"] / total if total else 0.0
+        return {
+            "sb_epoch": passes + fraction,
+            "sb_selected_fraction": counts["backward"] / max(counts["scored"], 1),
+            "sb_scored_rows": counts["scored"],
+            "sb_backward_rows": counts["backward"],
+        }
+
+
+class _SelectedBatches:
+    """The training dataloader as the Trainer sees it: the backward batches, pass after pass (no length)."""
+
+    def __init__(self, trainer: SelectiveBackpropTrainer, loader) -> None:
+        self.trainer, self.loader = trainer, loader
+        trainer._train_loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        pass  # the wrapper counts its own passes over the data (the Trainer's epoch is one endless pass)
+
+    def __iter__(self) -> Iterator[Any]:
+        trainer, sb = self.trainer, self.trainer.selective_backprop
+        while True:
+            position = trainer.position
+            sb.start_epoch(position["epoch"])
+            _set_epoch(self.loader, position["epoch"])
+            batches = iter(self.loader)
+            for _ in range(position["batches"]):  # resumed mid-pass: these were scored before the checkpoint
+                next(batches)
+            for batch in batches:
+                trainer.score(batch)
+                position["batches"] += 1
+                for ready in sb.ready_batches():
+                    yield ready.data
+            for ready in sb.flush():
+                yield ready.data
+            position["epoch"], position["batches"] = position["epoch"] + 1, 0
+
+
+class _SelectionCallback(TrainerCallback):
+    def __init__(self, trainer: SelectiveBackpropTrainer) -> None:
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if os.path.isdir(checkpoint) and state.is_world_process_zero:
+            self.trainer.save_selection(checkpoint)
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    """The loader's (and its samplers') ``set_epoch``, as the Trainer calls it at each epoch."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    targets = (loader, getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None),
+               getattr(batch_sampler, "batch_sampler", None))  # fmt: skip
+    for target in targets:
+        if target is not None and hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
+
+
+def _length(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_device(item, device) for item in value]
+    return value

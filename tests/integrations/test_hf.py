@@ -1,0 +1,153 @@
+"""SelectiveBackpropTrainer inside a real ``transformers.Trainer`` (SPEC section 10): a random-init GPT-2,
+a collator with dynamic padding, gradient accumulation, evaluation and a resumed checkpoint. Offline.
+transformers is installed by `make test`; outside CI the module skips without it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("CI"):
+    import transformers  # noqa: F401  (CI installs it: a missing extra must fail, not skip)
+else:
+    pytest.importorskip("transformers")
+
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+import sbkernels
+from sbkernels.integrations.hf import STATE_FILE, SelectiveBackpropTrainer
+
+VOCAB, PAD = 64, 0
+
+
+def sequences(count: int, seed: int) -> list[dict[str, list[int]]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, 20, (count,), generator=gen).tolist()
+    return [{"input_ids": torch.randint(1, VOCAB, (n,), generator=gen).tolist()} for n in lengths]
+
+
+def collate(examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """What DataCollatorForLanguageModeling(mlm=False) returns: padded to the batch's longest sequence."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), PAD)
+    mask = torch.zeros(len(examples), width, dtype=torch.int64)
+    for i, e in enumerate(examples):
+        ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        mask[i, : len(e["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, -100)}
+
+
+def model() -> GPT2LMHeadModel:
+    """No dropout: training then does not depend on the global RNG, which the Trainer's evaluation draws from
+    (a DataLoader iterator takes a seed), so runs with and without evaluation can be compared batch by batch."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=1, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+class Recording(SelectiveBackpropTrainer):
+    """Records what the Trainer trains on: every training_step's batch and num_items_in_batch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trained: list[dict[str, torch.Tensor]] = []
+        self.items: list[int] = []
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.trained.append({key: value.clone() for key, value in inputs.items()})
+        self.items.append(int(num_items_in_batch))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def make_trainer(tmp_path, max_steps=6, save_steps=1000, scoring="auto", cls=Recording, eval_steps=0) -> Recording:
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+        learning_rate=1e-3, logging_steps=1, save_steps=save_steps, report_to=[],
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
+        use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+    sb = sbkernels.SelectiveBackprop(4, sbkernels.SB(beta=1.0, history_size=32, seed=1), pad_values={"input_ids": PAD})
+    return cls(
+        model=model(), args=args, train_dataset=sequences(40, 0), eval_dataset=sequences(16, 1),
+        data_collator=collate, selective_backprop=sb, scoring=scoring,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("scoring", ["auto", "logits"])
+def test_trains_backward_batches_with_accumulation_and_the_right_item_counts(tmp_path, scoring):
+    trainer = make_trainer(tmp_path, scoring=scoring)
+    trainer.train()
+    assert trainer.state.global_step == 6  # optimizer steps taken, as max_steps says
+    assert len(trainer.trained) == 12  # 2 accumulated backward batches per step
+    for step in range(6):  # num_items_in_batch counts the labels of the two batches the step trains on (by
+        pair = trainer.trained[2 * step : 2 * step + 2]  # the Trainer's rule: shifted or not, per model)
+        counts = {sum(int((b["labels"][:, shift:] != -100).sum()) for b in pair) for shift in (0, 1)}
+        assert trainer.items[2 * step] == trainer.items[2 * step + 1] and trainer.items[2 * step] in counts
+    assert all(b["input_ids"].shape[0] <= 4 for b in trainer.trained)
+    counts = trainer.selective_backprop.counts
+    assert counts["backward"] < counts["scored"]  # selection happened
+    logs = [entry for entry in trainer.state.log_history if "sb_selected_fraction" in entry]
+    assert logs and 0 < logs[-1]["sb_selected_fraction"] < 1 and logs[-1]["sb_scored_rows"] == counts["scored"]
+
+
+def test_evaluation_sees_every_row_and_leaves_the_selection_state_alone(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.train()
+    before = trainer.selective_backprop.state_dict()
+    metrics = trainer.evaluate()
+    after = trainer.selective_backprop.state_dict()
+    assert torch.equal(before["policy"]["state"]["history"], after["policy"]["state"]["history"])
+    assert torch.equal(before["policy"]["state"]["meta"], after["policy"]["state"]["meta"])
+    assert before["counts"] == after["counts"]
+    # The same evaluation by a plain Trainer on the same model: every row, nothing selected.
+    plain = Trainer(model=trainer.model, args=trainer.args, eval_dataset=trainer.eval_dataset, data_collator=collate)
+    assert metrics["eval_loss"] == pytest.approx(plain.evaluate()["eval_loss"], rel=1e-6)
+
+
+def test_evaluation_during_training_changes_nothing_the_training_does(tmp_path):
+    """Evaluating every 2 steps: the same batches are trained and the same parameters come out as without."""
+    quiet, evaluated = make_trainer(tmp_path / "a"), make_trainer(tmp_path / "b", eval_steps=2)
+    quiet.train()
+    evaluated.train()
+    assert sum("eval_loss" in entry for entry in evaluated.state.log_history) == 3
+    for a, b in zip(quiet.trained, evaluated.trained, strict=True):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+    for p, q in zip(quiet.model.parameters(), evaluated.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_run_trains_exactly_as_the_uninterrupted_one(tmp_path):
+    full = make_trainer(tmp_path / "full", max_steps=8, save_steps=4)
+    full.train()
+    resumed = make_trainer(tmp_path / "full", max_steps=8, save_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert os.path.exists(tmp_path / "full" / "checkpoint-4" / STATE_FILE)
+    tail = full.trained[8:]  # steps 5..8: the batches after the checkpoint
+    assert len(resumed.trained) == len(tail) == 8
+    for a, b in zip(tail, resumed.trained, strict=True):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    for p, q in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_corrupted_selection_checkpoint_is_refused(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2, save_steps=2)
+    trainer.train()
+    path = tmp_path / "checkpoint-2" / STATE_FILE
+    saved = torch.load(path, weights_only=True)
+    saved["selective_backprop"]["policy"]["state"]["history"][0] = float("nan")
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        make_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+def test_max_steps_is_required(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=1, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="max_steps"):
+        SelectiveBackpropTrainer(
+            model=model(), args=args, train_dataset=sequences(8, 0), data_collator=collate,
+            selective_backprop=sbkernels.SelectiveBackprop(4),
+        )  # fmt: skip
