@@ -6,7 +6,7 @@ CUDA_ARCHS ?= 80 90
 # module:requirement pairs; torch is pinned to the CPU wheel that this machine has on disk.
 DEPS := triton:triton numpy:numpy pytest:pytest hypothesis:hypothesis scipy:scipy \
         pytest_benchmark:pytest-benchmark sklearn:scikit-learn matplotlib:matplotlib tqdm:tqdm ruff:ruff \
-        ninja:ninja mypy:mypy clang_format:clang-format transformers:transformers accelerate:accelerate
+        ninja:ninja mypy:mypy clang_format:clang-format transformers:transformers accelerate:accelerate lightning:lightning
 
 .PHONY: all deps build lint test asan cuda-compile cuda-binding-check demo bench clean
 

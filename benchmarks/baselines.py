@@ -8,9 +8,12 @@ same job end to end:
 - ``sbkernels keep``: Composer's rule through sbkernels (``select_keep``, keep 0.5) + ``gather_rows``.
 - ``eager reference``: sbkernels' own PyTorch reference (static shapes, no sync) + ``index_select``.
 - ``torch.compile reference``: the same reference compiled by Inductor.
-- ``Composer keep``: MosaicML Composer's ``select_using_loss`` re-implemented from its description:
-  per-example loss, ``argsort``, rank probabilities ``((rank + 0.5) / N) ** (1 / keep - 1)``,
-  ``torch.multinomial`` without replacement, index.
+- ``Composer keep``: what MosaicML Composer's ``select_using_loss`` (mosaicml 0.32) does per call, so that
+  it costs what Composer's code costs: its argument checks (the loss function's signature inspected),
+  the per-example loss in the logits' dtype, ``argsort`` on the device, the rank probabilities
+  ``((rank + 0.5) / N) ** (1 / keep - 1)`` in numpy float64, ``numpy.random.choice`` without replacement,
+  the chosen ranks indexed from a numpy array (a host-to-device copy on CUDA), and both the input and the
+  target gathered.
 - ``naive loop``: ``F.cross_entropy(reduction="none")``, a Python list as the loss history (percentile
   computed against it on the device, losses appended with ``.tolist()``), ``torch.bernoulli``,
   ``nonzero``, ``index_select``: the loop most users write first.
@@ -18,9 +21,11 @@ same job end to end:
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,16 +90,23 @@ def make_reference(n: int, images: torch.Tensor, history: int, beta: float, comp
 
 
 def make_composer_keep(n: int, images: torch.Tensor, history: int, keep: float = 0.5) -> Method:
+    def loss_fn(outputs, target, reduction="none"):
+        return F.cross_entropy(outputs, target, reduction=reduction)  # in the logits' dtype, as the model's loss
+
     def run(logits, targets, images):
-        losses = F.cross_entropy(logits.float(), targets, reduction="none")
-        sorted_idx = torch.argsort(losses)
-        count = logits.shape[0]
-        n_select = int(keep * count)
-        percs = torch.arange(0.5, count, 1.0, device=logits.device) / count
-        probs = percs ** ((1.0 / keep) - 1.0)
-        probs = probs / probs.sum()
-        chosen = torch.multinomial(probs, n_select, replacement=False)
-        return images.index_select(0, sorted_idx[chosen])
+        if not callable(loss_fn) or "reduction" not in inspect.signature(loss_fn).parameters:  # its checks
+            raise TypeError("the loss function must take reduction")
+        with torch.no_grad():
+            count = images.shape[0]
+            losses = loss_fn(logits, targets, reduction="none")  # the scoring forward's output is given here
+            sorted_idx = torch.argsort(losses)
+            n_select = int(keep * count)
+            percs = np.arange(0.5, count, 1) / count
+            probs = percs ** ((1.0 / keep) - 1.0)
+            probs = probs / np.sum(probs)
+            chosen = np.random.choice(count, n_select, replace=False, p=probs)  # noqa: NPY002 (Composer's call)
+            select_idx = sorted_idx[chosen]
+        return images[select_idx], targets[select_idx]
 
     return run
 

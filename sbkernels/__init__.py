@@ -1,13 +1,15 @@
 """sbkernels: fast Selective-Backprop selection for PyTorch.
 
 The training loop is in :class:`SelectiveBackprop`'s docstring and the README; the contract is docs/SPEC.md.
-Layers, top down: :mod:`.trainer` (``SelectiveBackprop``), :mod:`.policies`, :mod:`.distributed`,
+Layers, top down: :mod:`.integrations` (Hugging Face, Lightning) and :mod:`.estimate`; :mod:`.trainer`
+(``SelectiveBackprop``), :mod:`.lm` (per-sequence losses), :mod:`.policies`, :mod:`.distributed`,
 :mod:`.pool`, :mod:`.ops` (one typed function per registered op, one backend table), :mod:`.kernels`
 (Triton), ``csrc/`` (C++/CUDA), and :mod:`.reference`, the definition every kernel is tested against.
 """
 
 from . import slots  # noqa: F401  (first: loads the compiled ops, or fails with the build instruction)
 from .distributed import release_collective_tensors
+from .estimate import Estimate, estimate
 from .lm import linear_sequence_losses, sequence_losses
 from .ops import gather_rows, new_cursor
 from .policies import (
@@ -26,7 +28,7 @@ from .policies import (
     select_uniform,
 )
 from .pool import BackwardBatch, SelectionPool
-from .schedule import Schedule, StaleSB
+from .schedule import ComposerSchedule, Schedule, StaleSB
 from .selection import Selection
 from .state import SelectorState
 from .trainer import SelectiveBackprop
@@ -35,6 +37,8 @@ __all__ = [
     "POLICIES",
     "SB",
     "BackwardBatch",
+    "ComposerSchedule",
+    "Estimate",
     "GradMatch",
     "Importance",
     "Keep",
@@ -46,6 +50,7 @@ __all__ = [
     "SelectorState",
     "StaleSB",
     "Uniform",
+    "estimate",
     "gather_rows",
     "linear_sequence_losses",
     "new_cursor",

@@ -29,11 +29,39 @@ class Schedule:
             raise ValueError(f"interrupt must be an int >= 0, got {interrupt!r}")
         self.start, self.end, self.interrupt, self.total_steps = start, end, interrupt, total_steps
 
-    def active(self, step: int) -> bool:
-        """Whether selection runs at ``step`` (the 0-based observe call)."""
+    def active(self, step: int, epoch: int = 0, batch_in_epoch: int = 0) -> bool:
+        """Whether selection runs at ``step`` (the 0-based observe call; ``epoch`` and ``batch_in_epoch``
+        are the ones :class:`ComposerSchedule` counts by)."""
         if self.total_steps and not self.start * self.total_steps <= step < self.end * self.total_steps:
             return False
         return not (self.interrupt and step % self.interrupt == 0)
+
+
+class ComposerSchedule(Schedule):
+    """MosaicML Composer's selective-backprop schedule, exactly (SPEC section 10).
+
+    Selection runs on a batch when ``start <= elapsed < end`` and, with ``interrupt > 0``, not when
+    ``(batch_in_epoch + 1) % interrupt == 0``. ``elapsed`` is the fraction of the run done before the batch,
+    in the unit of Composer's ``max_duration``: batches done / ``max_duration`` with ``unit="batch"``, or
+    epochs done / ``max_duration`` with ``unit="epoch"`` (it then changes only at epoch boundaries). Composer's
+    defaults: start 0.5, end 0.9, interrupt 2 (every second batch of an epoch backpropagates everything).
+    :class:`Schedule` differs: it counts steps from the run's start and interrupts steps 0, n, 2n, ...
+    """
+
+    def __init__(
+        self, start: float = 0.5, end: float = 0.9, interrupt: int = 2, *, max_duration: int, unit: str = "batch"
+    ) -> None:
+        if isinstance(max_duration, bool) or not isinstance(max_duration, int) or max_duration < 1:
+            raise ValueError(f"max_duration must be an int >= 1 (batches or epochs of the run), got {max_duration!r}")
+        if unit not in ("batch", "epoch"):
+            raise ValueError(f"unit must be 'batch' or 'epoch' (Composer's max_duration unit), got {unit!r}")
+        super().__init__(start, end, interrupt, total_steps=None if (start == 0 and end == 1) else max_duration)
+        self.max_duration, self.unit = max_duration, unit
+
+    def active(self, step: int, epoch: int = 0, batch_in_epoch: int = 0) -> bool:
+        elapsed = (step if self.unit == "batch" else epoch) / self.max_duration
+        in_interval = self.start <= elapsed < self.end
+        return in_interval and (self.interrupt == 0 or (batch_in_epoch + 1) % self.interrupt != 0)
 
 
 class StaleSB:

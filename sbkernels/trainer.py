@@ -106,6 +106,7 @@ class SelectiveBackprop:
         self.spec: BatchSpec | None = None
         self.step = 0  # observe calls so far
         self.epoch = 0
+        self.batch_in_epoch = 0  # observe calls since start_epoch
         #: examples seen by observe, scored by a forward pass, and handed to the backward pass
         self.counts = {"observed": 0, "scored": 0, "backward": 0}
 
@@ -116,6 +117,7 @@ class SelectiveBackprop:
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.batch_in_epoch = 0
 
     @property
     def needs_forward(self) -> bool:
@@ -124,7 +126,9 @@ class SelectiveBackprop:
 
     def selecting(self, step: int | None = None) -> bool:
         """Whether selection is active at ``step`` (default: the next observe call)."""
-        return self.schedule.active(self.step if step is None else step)
+        if step is None:
+            return self.schedule.active(self.step, self.epoch, self.batch_in_epoch)
+        return self.schedule.active(step)
 
     def observe(
         self,
@@ -196,6 +200,7 @@ class SelectiveBackprop:
         if self.coordinator is not None:
             self.coordinator.pushed(self.pool.rows_gathered())
         self.step += 1
+        self.batch_in_epoch += 1
         self.counts["observed"] += n
         self.counts["scored"] += n if fresh else 0
         return selection
@@ -255,6 +260,7 @@ class SelectiveBackprop:
             "pool": self.pool.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
             "counts": dict(self.counts),
             "stale": None if self.stale is None else self.stale.state_dict(),
             "spec": None if self.spec is None else _plain_spec(self.spec),  # plain data: torch.load's default
@@ -271,6 +277,7 @@ class SelectiveBackprop:
         self.policy.load_state_dict(state_dict["policy"])
         self.pool.load_state_dict(state_dict["pool"])
         self.step, self.epoch = state_dict["step"], state_dict["epoch"]
+        self.batch_in_epoch = state_dict.get("batch_in_epoch", 0)
         self.counts = dict(state_dict["counts"])
         if self.stale is not None:
             self.stale.load_state_dict(state_dict["stale"])
@@ -338,7 +345,9 @@ def _check_saved_run(state_dict: Any) -> None:
     counts = state_dict["counts"]
     if not isinstance(counts, dict) or set(counts) != {"observed", "scored", "backward"}:
         raise ValueError("corrupted SelectiveBackprop state: counts must hold observed, scored and backward")
-    for name, value in [("step", state_dict["step"]), ("epoch", state_dict["epoch"]), *counts.items()]:
+    plain = [("step", state_dict["step"]), ("epoch", state_dict["epoch"]), *counts.items()]
+    plain.append(("batch_in_epoch", state_dict.get("batch_in_epoch", 0)))
+    for name, value in plain:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"corrupted SelectiveBackprop state: {name} must be an int >= 0, got {value!r}")
     spec = state_dict["spec"]

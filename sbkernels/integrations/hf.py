@@ -82,6 +82,7 @@ class SelectiveBackpropTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs:  # training logs carry the selection's counts; evaluation logs stay as they are
             logs = {**logs, **self.selection_logs()}
+            self.state.epoch = logs["sb_epoch"]  # the Trainer's own epoch counts one endless pass
         super().log(logs, *args, **kwargs)
 
     def get_resumed_dataloader(self, dataloader, num_batches: int):

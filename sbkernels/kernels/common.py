@@ -13,7 +13,7 @@ Device helpers (``@triton.jit``):
   row that is ``-inf`` everywhere ends with ``lse = -inf``, as ``torch.logsumexp`` does.
 - :func:`logsumexp_rows`: ``(logsumexp_c x_c, sum_c x_c)`` per row from chunks of ``BLOCK_C`` columns.
 - :func:`cross_entropy_from_parts`: the loss of SPEC section 2 from ``lse``, ``x_t`` and ``sum_c x_c``.
-- :func:`target_masks`: which rows are ignored, which have a target outside ``[0, C)``.
+- :func:`target_classes`: per row ignored, bad (target outside ``[0, C)``) or usable (the row's class is read).
 - :func:`row_uniform`: the row's Philox uniform ``tl.rand(seed, (step << 32) + row)`` (SPEC section 2).
 
 Host side: :func:`launch` is the only way a kernel is started. It enters the device guard of the tensors'
@@ -87,7 +87,7 @@ def cross_entropy_from_parts(lse, x_target, x_sum, C, label_smoothing):
 
 
 @triton.jit
-def target_masks(t, in_range, C, ignore_index):
+def target_classes(t, in_range, C, ignore_index):
     """``(ignored, bad, usable)`` per row: target == ignore_index; outside [0, C) otherwise; neither."""
     ignored = t == ignore_index
     bad = in_range & ~ignored & ((t < 0) | (t >= C))

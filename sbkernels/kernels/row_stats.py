@@ -33,7 +33,7 @@ from .common import (
     online_softmax_step,
     row_blocks,
     row_uniform,
-    target_masks,
+    target_classes,
 )
 
 
@@ -50,7 +50,7 @@ def row_stats_kernel(
     step = tl.load(meta_ptr + META_STEP)
     if FROM_LOGITS:
         t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
-        ignored, bad, usable = target_masks(t, in_range, C, ignore_index)
+        ignored, bad, usable = target_classes(t, in_range, C, ignore_index)
         row_ptr = logits_ptr + rows64 * stride_logits
         m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         s = tl.zeros([BLOCK_M], tl.float32)
@@ -118,7 +118,7 @@ def residual_kernel(
     in_range = rows < N
     rows64 = rows.to(tl.int64)
     t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
-    _, _, usable = target_masks(t, in_range, C, ignore_index)
+    _, _, usable = target_classes(t, in_range, C, ignore_index)
     row_ptr = logits_ptr + rows64 * stride_logits
     lse, _ = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
     x_t = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)

@@ -42,7 +42,7 @@ from .common import (
     logsumexp_rows,
     row_blocks,
     row_uniform,
-    target_masks,
+    target_classes,
 )
 
 # Flag bits stored per row in the indices buffer between the main phase and the epilogue.
@@ -66,7 +66,7 @@ def cross_entropy_rows(
     and with eps > 0 any ``-inf`` logit gives +inf through the mean.
     """
     t = tl.load(targets_ptr + rows64 * stride_targets, mask=in_range, other=ignore_index).to(tl.int64)
-    ignored, bad, usable = target_masks(t, in_range, C, ignore_index)
+    ignored, bad, usable = target_classes(t, in_range, C, ignore_index)
     row_ptr = logits_ptr + rows64 * stride_logits  # int64 offsets: N * C may exceed 2**31
     lse, x_sum = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
     x_target = tl.load(row_ptr + t, mask=usable, other=0.0).to(tl.float32)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cross_entropy_from_parts, launch, logsumexp_rows, row_blocks, target_masks
+from .common import cross_entropy_from_parts, launch, logsumexp_rows, row_blocks, target_classes
 
 
 @triton.jit
@@ -30,7 +30,7 @@ def token_losses_kernel(
     t = rows64 % T_SCORED
     label = tl.load(labels_ptr + b * stride_lb + (t + OFFSET) * stride_lt, mask=in_range, other=ignore_index)
     label = label.to(tl.int64)
-    ignored, bad, usable = target_masks(label, in_range, C, ignore_index)
+    ignored, bad, usable = target_classes(label, in_range, C, ignore_index)
     row_ptr = logits_ptr + b * stride_b + t * stride_t
     lse, x_sum = logsumexp_rows(row_ptr, in_range, C, BLOCK_M, BLOCK_C)
     x_t = tl.load(row_ptr + label, mask=usable, other=0.0).to(tl.float32)

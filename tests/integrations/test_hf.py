@@ -91,6 +91,7 @@ def test_trains_backward_batches_with_accumulation_and_the_right_item_counts(tmp
     assert counts["backward"] < counts["scored"]  # selection happened
     logs = [entry for entry in trainer.state.log_history if "sb_selected_fraction" in entry]
     assert logs and 0 < logs[-1]["sb_selected_fraction"] < 1 and logs[-1]["sb_scored_rows"] == counts["scored"]
+    assert logs[-1]["epoch"] == logs[-1]["sb_epoch"] > 0  # the logged epoch: passes over the training data
 
 
 def test_evaluation_sees_every_row_and_leaves_the_selection_state_alone(tmp_path):

@@ -1,0 +1,146 @@
+"""SelectiveBackpropModule in a real Lightning ``Trainer`` (SPEC section 10): accumulation, the learning-rate
+schedule in optimizer steps taken, validation untouched, every selected row trained once, and a run resumed
+from an epoch-end checkpoint equal to the uninterrupted one. lightning is installed by `make test`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+if os.environ.get("CI"):
+    import lightning  # noqa: F401  (CI installs it: a missing extra must fail, not skip)
+else:
+    pytest.importorskip("lightning")
+
+import lightning as L
+
+import sbkernels
+from sbkernels.integrations.lightning import SelectiveBackpropModule
+
+ROWS, FEATURES, CLASSES = 96, 6, 4
+
+
+class Classifier(SelectiveBackpropModule):
+    def __init__(self, accumulate: int = 2) -> None:
+        sb = sbkernels.SelectiveBackprop(8, sbkernels.SB(beta=1.0, history_size=32, seed=2))
+        super().__init__(sb, accumulate_grad_batches=accumulate)
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(FEATURES, 16), torch.nn.ReLU(), torch.nn.Linear(16, CLASSES))
+        self.trained_ids: list[int] = []
+        self.batches_per_epoch: dict[int, int] = {}
+        self.ids_per_epoch: dict[int, list[int]] = {}
+        self.validated = 0
+
+    def forward(self, x):
+        return self.net(x)
+
+    def score(self, batch):
+        x, y, _ = batch
+        return self(x), y
+
+    def backward_loss(self, batch):
+        x, y, ids = batch
+        self.trained_ids += ids.tolist()
+        self.batches_per_epoch[self.current_epoch] = self.batches_per_epoch.get(self.current_epoch, 0) + 1
+        self.ids_per_epoch.setdefault(self.current_epoch, []).extend(ids.tolist())
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        self.validated += x.shape[0]
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)}
+
+
+def loader(shuffle_seed: int | None = None) -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(ROWS, FEATURES, generator=gen), torch.randint(0, CLASSES, (ROWS,), generator=gen),
+                         torch.arange(ROWS))  # fmt: skip
+    return DataLoader(data, batch_size=16, shuffle=False)
+
+
+def trainer(tmp_path, epochs: int, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(tmp_path), num_sanity_val_steps=0, **kwargs,
+    )  # fmt: skip
+
+
+def test_steps_schedule_and_rows(tmp_path):
+    module = Classifier(accumulate=2)
+    fit = trainer(tmp_path, epochs=2, enable_checkpointing=False)
+    fit.fit(module, loader(), loader())
+    counts = module.selective_backprop.counts
+    assert counts["scored"] == 2 * ROWS and 0 < counts["backward"] < counts["scored"]
+    assert len(module.trained_ids) == counts["backward"]  # every handed-out row trained once
+    for ids in module.ids_per_epoch.values():  # within an epoch no row is trained twice (the pool is flushed)
+        assert len(set(ids)) == len(ids)
+    # Optimizer steps: ceil(backward batches of the epoch / 2) per epoch (the last partial accumulation of
+    # an epoch steps too); the per-step schedule stepped with them.
+    assert fit.global_step == sum(-(-n // 2) for n in module.batches_per_epoch.values())
+    lr = module.optimizers().param_groups[0]["lr"]
+    assert lr == pytest.approx(0.1 * 0.9**fit.global_step)
+    assert module.validated == 2 * ROWS  # validation saw every row each epoch
+
+
+def test_validation_leaves_the_selection_state_alone(tmp_path):
+    module = Classifier()
+    trainer(tmp_path, epochs=1, enable_checkpointing=False).fit(module, loader())
+    before = module.selective_backprop.state_dict()
+    trainer(tmp_path, epochs=1, enable_checkpointing=False).validate(module, loader())
+    after = module.selective_backprop.state_dict()
+    assert torch.equal(before["policy"]["state"]["meta"], after["policy"]["state"]["meta"])
+    assert torch.equal(before["policy"]["state"]["history"], after["policy"]["state"]["history"])
+    assert before["counts"] == after["counts"]
+
+
+def test_a_run_resumed_from_an_epoch_end_checkpoint_equals_the_uninterrupted_one(tmp_path):
+    full = Classifier()
+    trainer(tmp_path / "full", epochs=3, enable_checkpointing=False).fit(full, loader())
+    first = Classifier()
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_top_k=-1)
+    trainer(tmp_path / "first", epochs=1, callbacks=[checkpoints]).fit(first, loader())
+    path = checkpoints.best_model_path or checkpoints.last_model_path
+    resumed = Classifier()
+    trainer(tmp_path / "resumed", epochs=3, enable_checkpointing=False).fit(resumed, loader(), ckpt_path=path)
+    assert first.trained_ids + resumed.trained_ids == full.trained_ids
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_the_trainers_own_accumulation_is_refused(tmp_path):
+    """Lightning refuses its own accumulation with manual optimization; the module accumulates instead."""
+    with pytest.raises(Exception, match="accumulate_grad_batches"):
+        trainer(tmp_path, epochs=1, enable_checkpointing=False, accumulate_grad_batches=2).fit(Classifier(), loader())
+
+
+class SmallCNN(SelectiveBackpropModule):
+    def __init__(self) -> None:
+        super().__init__(sbkernels.SelectiveBackprop(8, sbkernels.SB()), scale_factor=0.5)
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                       torch.nn.Flatten(), torch.nn.Linear(4, CLASSES))  # fmt: skip
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape[2:]))
+        return self.net(x)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_scale_factor_scores_on_downsampled_inputs_and_trains_on_full_ones(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 3, 8, 8, generator=gen), torch.randint(0, CLASSES, (32,), generator=gen))
+    module = SmallCNN()
+    trainer(tmp_path, epochs=1, enable_checkpointing=False).fit(module, DataLoader(data, batch_size=16))
+    assert (4, 4) in module.seen and (8, 8) in module.seen  # scoring at half size, training at full size
+    assert module.seen.count((4, 4)) == 2  # one scoring pass per loader batch
