@@ -6,9 +6,10 @@ per sequence, without a host sync:
 
 - :func:`sequence_losses`: from logits (B, T, V), in one pass over them (a Triton kernel on CUDA, native
   C++ on CPU), reading any strides along B and T in place;
-- :func:`linear_sequence_losses`: from the last hidden states (B, T, H) and the LM head (V, H), a block of
-  tokens at a time, so the (B, T, V) logits never exist (at V = 128,256 and 8 x 1024 tokens they would
-  take 2 GB in bf16).
+- :func:`linear_sequence_losses`: from the last hidden states (B, T, H) and the LM head (V, H), so the
+  (B, T, V) logits never exist (at V = 128,256 and 8 x 1024 tokens they would take 2 GB in bf16): on CUDA
+  one fused Triton kernel (``tl.dot`` vocabulary tiles in registers, an online logsumexp); on CPU a block
+  of tokens at a time (a matrix product, then the native token kernel).
 
 Every policy takes LM batches directly: ``SB(beta=1)(logits, labels)`` with (B, T, V) logits selects whole
 sequences, and :meth:`sbkernels.SelectiveBackprop.observe` takes the same (or ``lm_head=`` with hidden

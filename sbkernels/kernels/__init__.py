@@ -65,3 +65,10 @@ def launch_token_losses(**arguments):
     from .sequence import launch_token_losses as launch
 
     return launch(**arguments)
+
+
+def launch_linear_token_losses(**arguments):
+    """:func:`sbkernels.kernels.sequence.launch_linear_token_losses`, imported on first use."""
+    from .sequence import launch_linear_token_losses as launch
+
+    return launch(**arguments)

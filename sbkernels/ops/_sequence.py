@@ -5,10 +5,11 @@ The token kernel reads the (B, T, V) logits once (Triton, native C++ or the refe
 and T are read in place) and writes (B, T') float32 token losses; the reduction to B sequence losses is
 :func:`sbkernels.reference.reduce_sequences`, a few torch ops on that small tensor. No host sync.
 
-The linear form never holds the (B, T, V) logits: it takes ``block_rows`` tokens at a time, forms their
-logits with one matrix product against the LM head (in the hidden states' dtype, as the model would) and
-scores them with the same token kernel; only one block's logits exist at a time, so the memory beyond the
-inputs and outputs is ``block_rows * V`` elements, whatever B and T.
+The linear form never holds the (B, T, V) logits. Natively (and in the reference) it takes ``block_rows``
+tokens at a time, forms their logits with one matrix product against the LM head (in the hidden states'
+dtype, as the model would) and scores them with the token kernel: the memory beyond the inputs and outputs
+is ``block_rows * V`` elements, whatever B and T. On Triton one kernel forms each vocabulary tile in
+registers (:func:`fused_linear_sequence_losses`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,31 @@ def sequence_losses(
     )
     scored_labels = _scored_labels(labels, shift, token_loss.shape[1])
     loss, ignored, bad = reduce_sequences(token_loss, scored_labels, logits.shape[2], ignore_index, reduction)
+    return loss, row_flags(ignored, bad)
+
+
+def fused_linear_sequence_losses(
+    linear_token_losses: Callable[..., Tensor], *, hidden: Tensor, weight: Tensor, bias: Tensor | None,
+    labels: Tensor, shift: bool, ignore_index: int, reduction: str, label_smoothing: float, block_rows: int,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """As :func:`linear_sequence_losses`, with a kernel that forms each vocabulary tile's logits itself
+    (Triton: ``tl.dot`` tiles in registers), so not even a block of logits exists; ``block_rows`` is unused."""
+    del block_rows
+    batch, length, width = hidden.shape
+    vocab = weight.shape[0]
+    if shift:
+        targets = torch.cat([labels[:, 1:], labels.new_full((batch, 1), ignore_index)], dim=1)
+    else:
+        targets = labels
+    token_loss = linear_token_losses(
+        hidden=hidden.reshape(batch * length, width), weight=weight, bias=bias, labels=targets.reshape(-1),
+        ignore_index=ignore_index, label_smoothing=label_smoothing,
+    )  # fmt: skip
+    scored = length - 1 if shift else length
+    token_loss = token_loss.view(batch, length)[:, :scored]
+    loss, ignored, bad = reduce_sequences(
+        token_loss, _scored_labels(labels, shift, scored), vocab, ignore_index, reduction
+    )
     return loss, row_flags(ignored, bad)
 
 

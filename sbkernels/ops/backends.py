@@ -54,7 +54,7 @@ KERNELS: dict[str, dict[str, Callable]] = {
     },
     "linear_sequence_losses": {
         "native": partial(_sequence.linear_sequence_losses, _native.token_losses),
-        "triton": partial(_sequence.linear_sequence_losses, kernels.launch_token_losses),
+        "triton": partial(_sequence.fused_linear_sequence_losses, kernels.launch_linear_token_losses),
         "reference": partial(_sequence.linear_sequence_losses, _reference_backend.token_losses),
     },
     "row_losses": {

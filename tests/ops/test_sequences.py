@@ -227,3 +227,30 @@ def test_compile_fullgraph_matches_eager():
     compiled = torch.compile(both, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(logits, labels, hidden, weight), both(logits, labels, hidden, weight), strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_form_in_low_precision(backend):
+    """bf16 hidden states and head: the native and reference paths round each block's logits to bf16 as the
+    model would; the Triton kernel keeps its tiles in float32. Both stay within bf16 rounding of fp64."""
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 9, 32, generator=gen).to(torch.bfloat16)
+    weight = (torch.randn(70, 32, generator=gen) / 6).to(torch.bfloat16)
+    labels = torch.randint(0, 70, (2, 9), generator=gen)
+    got = sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=4, backend=backend)
+    want, _ = fp64_sequence_losses(F.linear(hidden.double(), weight.double()), labels)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=3e-2)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton kernels run only where this session interprets them")
+def test_the_triton_linear_form_forms_no_logits_outside_its_kernel():
+    """The fused kernel makes its vocabulary tiles in registers: no matrix product runs outside it, where the
+    native path makes one per block (the control)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(2, 20, 16, generator=gen), torch.randn(90, 16, generator=gen)
+    labels = torch.randint(0, 90, (2, 20), generator=gen)
+    with ProductShapes() as fused:
+        sbkernels.linear_sequence_losses(hidden, weight, labels, backend="triton")
+    with ProductShapes() as blocked:
+        sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=8, backend="native")
+    assert fused.shapes == [] and len(blocked.shapes) == 5

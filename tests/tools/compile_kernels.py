@@ -32,6 +32,7 @@ from triton.compiler import ASTSource
 from sbkernels.kernels import common, row_stats, select_sb, sequence
 
 HISTORY_SIZE = 1024  # SelectorState's default
+LINEAR_WIDTH = 768  # the hidden width of the linear form's kernel: GPT-2 small's
 # (N, C, logits dtype); C = 0 means the kernel is given losses.
 SHAPES = [
     (1, 2, "fp32"),
@@ -56,7 +57,8 @@ def _scalar_types() -> dict[str, str]:
     types = {name: "i32" for name in ("N", "C", "R", "beta_int", "prime", "ignore_index", "row_offset")}
     types |= {name: "fp32" for name in ("beta", "floor", "label_smoothing", "fixed_prob")}
     types |= {name: "i64" for name in ("stride_logits", "stride_targets", "stride_losses")}
-    types |= {name: "i64" for name in ("stride_b", "stride_t", "stride_lb", "stride_lt")}
+    types |= {name: "i64" for name in ("stride_b", "stride_t", "stride_lb", "stride_lt", "stride_hm", "stride_wv")}
+    types |= {"stride_l": "i64", "V": "i32", "H": "i32"}
     types |= {name: "i32" for name in ("T_SCORED", "OFFSET")}
     types |= {"labels_ptr": "*i64"}
     ptrs = ("losses_in_ptr", "history_ptr", "loss_ptr", "prob_ptr", "score_ptr", "u_ptr", "r_ptr")
@@ -85,6 +87,13 @@ def cases():
             yield f"residual N={n} C={c} {dtype}", row_stats.residual_kernel, types | {"targets_ptr": "*i32"}, \
                 config, num_warps  # fmt: skip
             yield f"token_losses N={n} V={c} {dtype}", sequence.token_losses_kernel, types, config, num_warps
+            linear = sequence.linear_blocks(n, c, LINEAR_WIDTH)
+            linear_warps = linear.pop("num_warps")
+            linear_types = types | {"hidden_ptr": f"*{dtype}", "weight_ptr": f"*{dtype}", "bias_ptr": f"*{dtype}"}
+            for bias in (False, True):
+                name = f"linear_token_losses N={n} V={c} H={LINEAR_WIDTH} {dtype} bias={bias}"
+                consts = {"HAS_BIAS": bias, "DOT_IN_FP32": False, **linear}
+                yield name, sequence.linear_token_losses_kernel, linear_types, consts, linear_warps
 
 
 def _cuobjdump() -> str | None:
