@@ -202,8 +202,13 @@ def check_sequence_options(shift: object, reduction: object, label_smoothing: ob
     check_label_smoothing(label_smoothing)  # type: ignore[arg-type]
 
 
-def valid_flags(valid: object, source: torch.Tensor) -> torch.Tensor:
-    """Row flags (ops._rows.row_flags) from a caller's (N,) bool mask: rows not valid are ignored rows."""
+def valid_flags(valid: object, source: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Row flags (ops._rows.row_flags) from a caller's (N,) bool mask of given losses: rows not valid are
+    ignored rows. None without a mask; with logits (``targets`` given) a mask is refused."""
+    if valid is None:
+        return None
+    if targets is not None:
+        _fail("valid= marks rows of given losses; with logits, mark rows by ignore_index")
     n = source.shape[0]
     if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != (n,):
         _fail(f"valid must be a bool tensor of shape ({n},), got {_describe(valid)}")

@@ -70,11 +70,10 @@ class Policy:
             if targets is None:
                 raise ValueError("(B, T, V) language-model logits need their (B, T) labels")
             return self.select_rows(*self.sequence_losses(source, targets), state)
-        if valid is not None:
-            if targets is not None:
-                raise ValueError("valid= marks rows of given losses; with logits, mark rows by ignore_index")
+        flags = checks.valid_flags(valid, source, targets)
+        if flags is not None:
             checks.check_source(source, None, state)
-            return self.select_rows(source, checks.valid_flags(valid, source), state)
+            return self.select_rows(source, flags, state)
         return self.select(source, targets, state, features=features)
 
     def sequence_losses(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,9 +34,7 @@ def select_keep(
     """
     checks.check_fraction("keep", keep)
     checks.check_source(source, targets, state)
-    if valid is not None and targets is not None:
-        raise ValueError("valid= marks rows of given losses; with logits, mark rows by ignore_index")
-    flags = None if valid is None else checks.valid_flags(valid, source)
+    flags = checks.valid_flags(valid, source, targets)
     return select_flagged(source, targets, flags, state, keep, ignore_index, ops.resolve(backend, source.device))
 
 

@@ -99,7 +99,7 @@ def select_losses(
     """
     checks.check_sb_params(beta, floor, prime)
     checks.check_source(losses, None, state)
-    flags = None if valid is None else checks.valid_flags(valid, losses)
+    flags = checks.valid_flags(valid, losses)
     return select_flagged(losses, flags, state, beta, floor, prime, ops.resolve(backend, losses.device))
 
 

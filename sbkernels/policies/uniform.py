@@ -35,16 +35,8 @@ def select_uniform(
     checks.check_source(source, targets, state)
     if k is not None:
         checks.check_k(k, source.shape[0])
-    flags = _losses_flags(valid, source, targets)
+    flags = checks.valid_flags(valid, source, targets)
     return select_flagged(source, targets, flags, state, rate, k, ignore_index, ops.resolve(backend, source.device))
-
-
-def _losses_flags(valid: Tensor | None, source: Tensor, targets: Tensor | None) -> Tensor | None:
-    if valid is None:
-        return None
-    if targets is not None:
-        raise ValueError("valid= marks rows of given losses; with logits, mark rows by ignore_index")
-    return checks.valid_flags(valid, source)
 
 
 def select_flagged(
