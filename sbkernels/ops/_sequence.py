@@ -30,6 +30,14 @@ def _scored_labels(labels: Tensor, shift: bool, scored: int) -> Tensor:
     return labels[:, offset : offset + scored]
 
 
+def _position_targets(labels: Tensor, shift: bool, ignore_index: int) -> Tensor:
+    """(B, T) target of every position: with the shift, position t's is label t + 1 and the last position
+    has none (``ignore_index``), so all B * T positions form one flat grid of rows."""
+    if not shift:
+        return labels
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), ignore_index)], dim=1)
+
+
 def sequence_losses(
     token_losses: TokenKernel, *, logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, reduction: str,
     label_smoothing: float,
@@ -52,10 +60,7 @@ def fused_linear_sequence_losses(
     del block_rows
     batch, length, width = hidden.shape
     vocab = weight.shape[0]
-    if shift:
-        targets = torch.cat([labels[:, 1:], labels.new_full((batch, 1), ignore_index)], dim=1)
-    else:
-        targets = labels
+    targets = _position_targets(labels, shift, ignore_index)
     token_loss = linear_token_losses(
         hidden=hidden.reshape(batch * length, width), weight=weight, bias=bias, labels=targets.reshape(-1),
         ignore_index=ignore_index, label_smoothing=label_smoothing,
@@ -79,11 +84,7 @@ def linear_sequence_losses(
     """
     batch, length, width = hidden.shape
     vocab = weight.shape[0]
-    if shift:  # position t against label t + 1; the last position has none
-        padding = labels.new_full((batch, 1), ignore_index)
-        targets = torch.cat([labels[:, 1:], padding], dim=1)
-    else:
-        targets = labels
+    targets = _position_targets(labels, shift, ignore_index)
     rows, flat_targets = hidden.reshape(batch * length, width), targets.reshape(1, batch * length)
     token_loss = torch.empty(batch * length, dtype=torch.float32, device=hidden.device)
     # One buffer for every block's logits: a fresh output per product made the CPU BLAS keep and re-pack
