@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import _checks as checks
 from . import ops
 from .distributed import check_same_batch_size
 from .distributed._coordinator import StepCoordinator
@@ -297,14 +296,13 @@ class SelectiveBackprop:
         if lm_head is None:
             return self.policy.sequence_losses(scores, labels)
         weight, bias = lm_head_parameters(lm_head)
-        checks.check_sequence_hidden(scores, weight, bias, labels)
-        policy = self.policy
-        return ops.linear_sequence_losses(
-            hidden=scores.detach(), weight=weight.detach(), bias=None if bias is None else bias.detach(),
-            labels=labels, shift=policy.shift, ignore_index=policy.ignore_index, reduction=policy.reduction,
-            label_smoothing=getattr(policy, "label_smoothing", 0.0), block_rows=default_block_rows(weight),
-            backend=ops.resolve(policy.backend, scores.device),
-        )  # fmt: skip
+        return self.policy.linear_sequence_losses(
+            scores.detach(),
+            weight.detach(),
+            None if bias is None else bias.detach(),
+            labels,
+            default_block_rows(weight),
+        )
 
     def _everything(self, scores: Tensor, targets: Tensor | None) -> Selection:
         """Every row, with its loss (the Stale-SB cache stores it), prob 1, weight 1."""

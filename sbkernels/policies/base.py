@@ -84,6 +84,17 @@ class Policy:
             label_smoothing=getattr(self, "label_smoothing", 0.0), backend=ops.resolve(self.backend, logits.device),
         )  # fmt: skip
 
+    def linear_sequence_losses(
+        self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, block_rows: int
+    ) -> tuple[Tensor, Tensor]:
+        """As :meth:`sequence_losses`, from the last hidden states and the LM head (SPEC section 9)."""
+        checks.check_sequence_hidden(hidden, weight, bias, labels)
+        return ops.linear_sequence_losses(
+            hidden=hidden, weight=weight, bias=bias, labels=labels, shift=self.shift, ignore_index=self.ignore_index,
+            reduction=self.reduction, label_smoothing=getattr(self, "label_smoothing", 0.0), block_rows=block_rows,
+            backend=ops.resolve(self.backend, hidden.device),
+        )  # fmt: skip
+
     def select_rows(self, losses: Tensor, flags: Tensor, state: SelectorState) -> Selection:
         """Select from per-row losses and their flags (:func:`sbkernels.ops._rows.row_flags`: ignored rows,
         e.g. sequences with no valid token, and bad ones are never selected)."""
