@@ -18,6 +18,7 @@ CPU_SOURCES = [
     "csrc/cpu/draw_cpu.cpp",
     "csrc/cpu/isa_cpu.cpp",
     "csrc/cpu/sample_cpu.cpp",
+    "csrc/cpu/tile_stats_cpu.cpp",
 ]
 CUDA_SOURCES = ["csrc/cuda/gather_rows_kernel.cu", "csrc/cuda/gather_rows_cuda.cpp"]
 # No -std: torch picks the standard its headers need (C++20 on torch 2.13). -fno-trapping-math and

@@ -71,6 +71,10 @@ TORCH_LIBRARY(sbkernels, m) {
   m.def(
       "token_losses_cpu(Tensor logits, Tensor labels, bool shift, int ignore_index, float label_smoothing)"
       " -> Tensor");
+  // The softmax statistics (3, N) float32 of one (N, C) tile of logits starting at column column_offset:
+  // logsumexp, the label's logit if in the tile (else 0), the logit sum if logit_sums (cpu/tile_stats_cpu.cpp).
+  // The body of linear_sequence_losses natively, one tile at a time.
+  m.def("tile_stats_cpu(Tensor logits, Tensor labels, int column_offset, bool logit_sums) -> Tensor");
   // Native CPU body of the batch-level policies (cpu/sample_cpu.cpp): policy "keep" (param = keep),
   // "uniform" (k rows) or "importance" (k draws). Returns (indices, count, loss, prob, weight); weight is 0
   // except for "importance".

@@ -8,8 +8,8 @@ per sequence, without a host sync:
   C++ on CPU), reading any strides along B and T in place;
 - :func:`linear_sequence_losses`: from the last hidden states (B, T, H) and the LM head (V, H), so the
   (B, T, V) logits never exist (at V = 128,256 and 8 x 1024 tokens they would take 2 GB in bf16): on CUDA
-  one fused Triton kernel (``tl.dot`` vocabulary tiles in registers, an online logsumexp); on CPU a block
-  of tokens at a time (a matrix product, then the native token kernel).
+  one fused Triton kernel (``tl.dot`` vocabulary tiles in registers, an online logsumexp); on CPU one
+  (tokens, vocabulary) tile at a time (a matrix product, then the native tile statistics).
 
 Every policy takes LM batches directly: ``SB(beta=1)(logits, labels)`` with (B, T, V) logits selects whole
 sequences, and :meth:`sbkernels.SelectiveBackprop.observe` takes the same (or ``lm_head=`` with hidden
@@ -22,11 +22,7 @@ from torch import Tensor, nn
 
 from . import _checks as checks
 from . import ops
-
-#: Logits one block of :func:`linear_sequence_losses` holds (its extra memory, whatever B * T): 32 MiB in
-#: float32, half that in bf16. Smaller blocks re-read the LM head more often (on this project's CPU, blocks of
-#: 131 tokens made the form 1.6x slower than one matrix product; 262 tokens, 1.2x: benchmarks/results/lm-cpu.md).
-BLOCK_ELEMENTS = 8 * 2**20
+from .ops import TILE_BYTES
 
 
 def sequence_losses(
@@ -71,31 +67,26 @@ def linear_sequence_losses(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-    block_rows: int | None = None,
+    tile_bytes: int = TILE_BYTES,
     backend: str | None = None,
 ) -> Tensor:
     """:func:`sequence_losses` of ``hidden @ weight.T + bias`` without forming those (B, T, V) logits.
 
     ``hidden`` (B, T, H) are the last hidden states (``output_hidden_states=True``, the last entry, after
     the final norm) and ``weight`` (V, H) the LM head's (``model.get_output_embeddings().weight``), in
-    the same dtype. ``block_rows`` tokens are scored at a time (default: ``BLOCK_ELEMENTS // V``), so the
-    extra memory is ``block_rows * V`` logits, whatever B and T.
+    the same dtype. The logits are formed and reduced one tile of at most ``tile_bytes`` at a time
+    (on CPU; on CUDA one Triton kernel keeps each tile in registers), so the extra memory is one tile,
+    whatever B, T and V.
     """
     checks.check_sequence_hidden(hidden, weight, bias, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
-    block_rows = default_block_rows(weight) if block_rows is None else block_rows
-    checks.check_int("block_rows", block_rows, 1, 2**31 - 1)
+    checks.check_int("tile_bytes", tile_bytes, 1, 2**62)
     loss, _ = ops.linear_sequence_losses(
         hidden=hidden, weight=weight, bias=bias, labels=labels, shift=shift, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, block_rows=block_rows,
+        reduction=reduction, label_smoothing=label_smoothing, tile_bytes=tile_bytes,
         backend=ops.resolve(backend, hidden.device),
     )  # fmt: skip
     return loss
-
-
-def default_block_rows(weight: Tensor) -> int:
-    """Tokens per block of the linear form: :data:`BLOCK_ELEMENTS` logits."""
-    return max(1, BLOCK_ELEMENTS // weight.shape[0])
 
 
 def lm_head_parameters(lm_head: nn.Module | Tensor) -> tuple[Tensor, Tensor | None]:

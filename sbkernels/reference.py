@@ -78,15 +78,36 @@ def cross_entropy(
     Returns ``(loss, ignored, bad)``: ignored rows (target == ignore_index) get loss 0; rows whose target is
     outside [0, C) get NaN and are flagged in ``bad``.
     """
+    lse, x_target, x_sum = softmax_stats(logits, targets, logit_sums=label_smoothing > 0)
+    return loss_from_stats(lse, x_target, x_sum, targets, logits.shape[1], ignore_index, label_smoothing)
+
+
+def softmax_stats(
+    logits: torch.Tensor, targets: torch.Tensor, column_offset: int = 0, logit_sums: bool = True
+) -> torch.Tensor:
+    """(3, N) float32 softmax statistics of (N, C) logits that are columns ``[column_offset, column_offset +
+    C)`` of wider ones (a tile; the whole logits at offset 0): per row the logsumexp over these columns, the
+    logit of the row's target if it is one of them (else 0), and the sum of the logits (0 unless
+    ``logit_sums``). Tiles combine exactly: logsumexps by logaddexp, the rest by sums."""
     x = logits.float()
-    num_classes = x.shape[1]
-    t, ignored, bad = target_masks(targets, num_classes, ignore_index)
-    lse = torch.logsumexp(x, dim=1)
-    x_target = x.gather(1, t.clamp(0, num_classes - 1).unsqueeze(1)).squeeze(1)
+    column = targets.long() - column_offset
+    in_tile = (column >= 0) & (column < x.shape[1])
+    x_target = x.gather(1, column.clamp(0, x.shape[1] - 1).unsqueeze(1)).squeeze(1)
+    x_sum = x.sum(dim=1) if logit_sums else torch.zeros_like(x_target)
+    return torch.stack([torch.logsumexp(x, dim=1), torch.where(in_tile, x_target, 0.0), x_sum])
+
+
+def loss_from_stats(
+    lse: torch.Tensor, x_target: torch.Tensor, x_sum: torch.Tensor, targets: torch.Tensor, num_classes: int,
+    ignore_index: int, label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """:func:`cross_entropy`'s ``(loss, ignored, bad)`` from the rows' :func:`softmax_stats` over all C
+    columns (``x_sum`` is read only with label smoothing)."""
+    _, ignored, bad = target_masks(targets, num_classes, ignore_index)
     # A +inf logit makes F.cross_entropy's log_softmax inf - inf = NaN; the stable logsumexp is +inf only then.
     loss = torch.where(lse == float("inf"), float("nan"), lse - x_target)
     if label_smoothing > 0:
-        smooth = lse - x.mean(dim=1)  # mean_c (lse - x_c) >= 0: -inf only if the sum overflowed, as F's terms do
+        smooth = lse - x_sum / num_classes  # mean_c (lse - x_c) >= 0: -inf only if the sum overflowed, as F's
         smooth = torch.where(smooth == float("-inf"), float("inf"), smooth)
         loss = (1 - label_smoothing) * loss + label_smoothing * smooth
     loss = torch.where(ignored, torch.zeros_like(loss), loss)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from . import ops
 from .distributed import check_same_batch_size
 from .distributed._coordinator import StepCoordinator
-from .lm import default_block_rows, lm_head_parameters
+from .lm import lm_head_parameters
 from .policies import SB, Policy
 from .pool._batch_spec import BackwardBatch, BatchSpec, PadValues
 from .pool._pool import ExclusiveUse, SelectionPool, checked_pool_state
@@ -297,11 +297,7 @@ class SelectiveBackprop:
             return self.policy.sequence_losses(scores, labels)
         weight, bias = lm_head_parameters(lm_head)
         return self.policy.linear_sequence_losses(
-            scores.detach(),
-            weight.detach(),
-            None if bias is None else bias.detach(),
-            labels,
-            default_block_rows(weight),
+            scores.detach(), weight.detach(), None if bias is None else bias.detach(), labels
         )
 
     def _everything(self, scores: Tensor, targets: Tensor | None) -> Selection:

@@ -13,6 +13,8 @@ from sbkernels.kernels import interpreting
 from tests.tools.sync_detector import mark_host, note_wait
 
 HAS_CUDA = torch.cuda.is_available()
+#: The native kernels' instruction sets (csrc/cpu/isa_cpu.h): each row kernel is compiled once per set.
+ISAS = ["avx512", "avx2", "default"]
 
 
 def kernel_devices() -> list[str]:

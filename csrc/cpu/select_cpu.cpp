@@ -87,18 +87,6 @@ struct RowBlock {
   }
 };
 
-#ifdef SBKERNELS_HAS_X86_ISAS
-// Flush-to-zero and denormals-are-zero while a row block runs (this thread only; the caller's mode comes
-// back after). A float32 result below 2**-126 (a tiny exp, or its square in the score) otherwise costs a
-// microcode assist of a hundred cycles or more on Intel CPUs; flushed, it is 0 where it would have been at
-// most 1.2e-38, next to a row sum of at least 1.
-struct FlushDenormals {
-  const unsigned saved = _mm_getcsr();
-  FlushDenormals() { _mm_setcsr(saved | 0x8040u); }
-  ~FlushDenormals() { _mm_setcsr(saved); }
-};
-#endif
-
 template <RowOutput OUT, typename T>
 void row_block_dispatch(Isa isa, const RowArgs<T>& a, int64_t begin, int64_t end) {
 #ifdef SBKERNELS_HAS_X86_ISAS

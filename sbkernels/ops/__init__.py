@@ -18,10 +18,12 @@ from ..selection import Selection
 from . import _definitions, _fakes  # noqa: F401  (registers the Python ops and the C++ ops' fakes)
 from ._gather import gather_rows, new_cursor
 from ._registry import call, python_implementation
+from ._sequence import TILE_BYTES
 from .backends import BACKENDS, resolve
 
 __all__ = [
     "BACKENDS",
+    "TILE_BYTES",
     "gather_rows",
     "gradmatch",
     "importance",
@@ -111,11 +113,13 @@ def sequence_losses(
 
 def linear_sequence_losses(
     *, hidden: Tensor, weight: Tensor, bias: Tensor | None = None, labels: Tensor, shift: bool = True,
-    ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0, block_rows: int,
+    ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+    tile_bytes: int = TILE_BYTES,
     backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """As :func:`sequence_losses` with ``logits = hidden @ weight.T + bias``, ``block_rows`` tokens at a time."""
+    """As :func:`sequence_losses` with ``logits = hidden @ weight.T + bias``, never holding more than a tile
+    of ``tile_bytes`` of those logits."""
     return call(
         "linear_sequence_losses", hidden, weight, bias, labels, shift, ignore_index, reduction,
-        float(label_smoothing), block_rows, backend,
+        float(label_smoothing), tile_bytes, backend,
     )  # fmt: skip

@@ -155,21 +155,21 @@ def _sequence_losses(
 
 
 def _check_linear_sequence_losses(
-    hidden, weight, bias, labels, shift, ignore_index, reduction, label_smoothing, block_rows, backend
+    hidden, weight, bias, labels, shift, ignore_index, reduction, label_smoothing, tile_bytes, backend
 ) -> None:
     checks.check_sequence_hidden(hidden, weight, bias, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
-    checks.check_int("block_rows", block_rows, 1, 2**31 - 1)
+    checks.check_int("tile_bytes", tile_bytes, 1, 2**62)
     check_resolved(backend, hidden.device)
 
 
 @register_op("linear_sequence_losses", mutates_args={}, check=_check_linear_sequence_losses)
 def _linear_sequence_losses(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, shift: bool, ignore_index: int,
-    reduction: str, label_smoothing: float, block_rows: int, backend: str,
+    reduction: str, label_smoothing: float, tile_bytes: int, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``(loss, flags)`` per sequence from the last hidden states and the LM head, never forming (B, T, V)."""
     return kernel("linear_sequence_losses", backend)(
         hidden=hidden, weight=weight, bias=bias, labels=labels, shift=shift, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, block_rows=block_rows,
+        reduction=reduction, label_smoothing=label_smoothing, tile_bytes=tile_bytes,
     )  # fmt: skip

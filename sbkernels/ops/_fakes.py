@@ -50,3 +50,8 @@ def _row_stats_cpu_fake(logits, targets, losses, meta, ignore_index, label_smoot
 def _token_losses_cpu_fake(logits, labels, shift, ignore_index, label_smoothing):
     batch, length, _ = logits.shape
     return logits.new_empty((batch, max(length - int(shift), 0)), dtype=torch.float32)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::tile_stats_cpu")
+def _tile_stats_cpu_fake(logits, labels, column_offset, logit_sums):
+    return logits.new_empty((3, logits.shape[0]), dtype=torch.float32)

@@ -52,3 +52,7 @@ def sample_rows(
 
 def token_losses(*, logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, label_smoothing: float) -> Tensor:
     return torch.ops.sbkernels.token_losses_cpu(logits, labels, shift, ignore_index, label_smoothing)
+
+
+def tile_stats(*, logits: Tensor, labels: Tensor, column_offset: int, logit_sums: bool) -> Tensor:
+    return torch.ops.sbkernels.tile_stats_cpu(logits, labels, column_offset, logit_sums)

@@ -46,3 +46,7 @@ def row_losses(
 
 def token_losses(*, logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, label_smoothing: float) -> Tensor:
     return reference.token_losses(logits, labels, shift, ignore_index, label_smoothing)
+
+
+def tile_stats(*, logits: Tensor, labels: Tensor, column_offset: int, logit_sums: bool) -> Tensor:
+    return reference.softmax_stats(logits, labels, column_offset, logit_sums)

@@ -5,24 +5,33 @@ The token kernel reads the (B, T, V) logits once (Triton, native C++ or the refe
 and T are read in place) and writes (B, T') float32 token losses; the reduction to B sequence losses is
 :func:`sbkernels.reference.reduce_sequences`, a few torch ops on that small tensor. No host sync.
 
-The linear form never holds the (B, T, V) logits. Natively (and in the reference) it takes ``block_rows``
-tokens at a time, forms their logits with one matrix product against the LM head (in the hidden states'
-dtype, as the model would) and scores them with the token kernel: the memory beyond the inputs and outputs
-is ``block_rows * V`` elements, whatever B and T. On Triton one kernel forms each vocabulary tile in
+The linear form never holds the (B, T, V) logits. Natively (and in the reference) it forms them one
+(rows, columns) tile at a time with a matrix product against a slice of the LM head, in the hidden states'
+dtype as the model would, and reduces each tile to three numbers per token (the backend's
+``tile_stats``: logsumexp, the label's logit, the logit sum); tiles combine exactly, by logaddexp and sums
+(:func:`sbkernels.reference.softmax_stats`). The memory beyond the inputs and outputs is one tile of
+``tile_bytes``, whatever B, T and V. On Triton one kernel forms each vocabulary tile in
 registers (:func:`fused_linear_sequence_losses`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..reference import reduce_sequences
+from ..reference import loss_from_stats, reduce_sequences
 from ._rows import row_flags
 
 TokenKernel = Callable[..., Tensor]
+
+#: Bytes of logits one tile of the linear form holds (its extra memory, whatever B, T and V, besides the
+#: BLAS's own scratch of a few MB). Larger tiles re-read the inputs less (:func:`tile_shape`); on this
+#: project's CPU, tiles of 2 to 8 Mi logits all kept the form within the time of one (B * T, V) matrix
+#: product (benchmarks/results/lm-cpu.md).
+TILE_BYTES = 8 * 2**20
 
 
 def _scored_labels(labels: Tensor, shift: bool, scored: int) -> Tensor:
@@ -53,57 +62,83 @@ def sequence_losses(
 
 def fused_linear_sequence_losses(
     linear_token_losses: Callable[..., Tensor], *, hidden: Tensor, weight: Tensor, bias: Tensor | None,
-    labels: Tensor, shift: bool, ignore_index: int, reduction: str, label_smoothing: float, block_rows: int,
+    labels: Tensor, shift: bool, ignore_index: int, reduction: str, label_smoothing: float, tile_bytes: int,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """As :func:`linear_sequence_losses`, with a kernel that forms each vocabulary tile's logits itself
-    (Triton: ``tl.dot`` tiles in registers), so not even a block of logits exists; ``block_rows`` is unused."""
-    del block_rows
+    (Triton: ``tl.dot`` tiles in registers), so not even a tile of logits is stored; ``tile_bytes`` is
+    unused."""
+    del tile_bytes
     batch, length, width = hidden.shape
-    vocab = weight.shape[0]
     targets = _position_targets(labels, shift, ignore_index)
     token_loss = linear_token_losses(
         hidden=hidden.reshape(batch * length, width), weight=weight, bias=bias, labels=targets.reshape(-1),
         ignore_index=ignore_index, label_smoothing=label_smoothing,
     )  # fmt: skip
-    scored = length - 1 if shift else length
-    token_loss = token_loss.view(batch, length)[:, :scored]
-    loss, ignored, bad = reduce_sequences(
-        token_loss, _scored_labels(labels, shift, scored), vocab, ignore_index, reduction
-    )
-    return loss, row_flags(ignored, bad)
+    return _sequences(token_loss.view(batch, length), labels, shift, weight.shape[0], ignore_index, reduction)
+
+
+def tile_shape(tokens: int, vocab: int, elements: int) -> tuple[int, int]:
+    """``(rows, columns)`` of the linear form's tiles: at most ``elements`` logits, as square as the
+    logits allow. Each tile reads ``rows * H`` hidden values and ``columns * H`` head values, so the form
+    reads the inputs ``(1 / rows + 1 / columns) * B * T * V * H`` times in all, least when rows = columns."""
+    if tokens * vocab <= elements:
+        return tokens, vocab
+    rows = min(tokens, max(math.isqrt(elements), elements // vocab))
+    return rows, min(vocab, elements // rows)
 
 
 def linear_sequence_losses(
-    token_losses: TokenKernel, *, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, shift: bool,
-    ignore_index: int, reduction: str, label_smoothing: float, block_rows: int,
+    tile_stats: Callable[..., Tensor], *, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
+    shift: bool, ignore_index: int, reduction: str, label_smoothing: float, tile_bytes: int,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """As :func:`sequence_losses` with ``logits = hidden @ weight.T + bias``, ``block_rows`` tokens at a time.
+    """As :func:`sequence_losses` with ``logits = hidden @ weight.T + bias``, formed one tile at a time.
 
     Every position is scored against its own label after the shift (the last position against
     ``ignore_index``), so the (B * T) tokens form one flat grid of rows whatever the sequence boundaries.
     """
     batch, length, width = hidden.shape
-    vocab = weight.shape[0]
-    targets = _position_targets(labels, shift, ignore_index)
-    rows, flat_targets = hidden.reshape(batch * length, width), targets.reshape(1, batch * length)
-    token_loss = torch.empty(batch * length, dtype=torch.float32, device=hidden.device)
-    # One buffer for every block's logits: a fresh output per product made the CPU BLAS keep and re-pack
-    # buffers, doubling the time and adding several blocks of memory (benchmarks/results/lm-cpu.md).
-    buffer = hidden.new_empty((min(block_rows, batch * length), vocab))
-    for start in range(0, batch * length, block_rows):
-        stop = min(start + block_rows, batch * length)
-        block = buffer[: stop - start]
-        if bias is None:
-            torch.mm(rows[start:stop], weight.t(), out=block)  # (rows, V) in hidden's dtype, as the model's
-        else:
-            torch.addmm(bias, rows[start:stop], weight.t(), out=block)
-        token_loss[start:stop] = token_losses(
-            logits=block.view(1, stop - start, vocab), labels=flat_targets[:, start:stop], shift=False,
-            ignore_index=ignore_index, label_smoothing=label_smoothing,
-        ).view(-1)  # fmt: skip
-    scored = length - 1 if shift else length
-    token_loss = token_loss.view(batch, length)[:, :scored]
+    vocab, tokens = weight.shape[0], batch * length
+    targets = _position_targets(labels, shift, ignore_index).reshape(tokens)
+    rows, columns = tile_shape(tokens, vocab, max(1, tile_bytes // hidden.element_size()))
+    # One buffer for every tile: a fresh output per product made the CPU BLAS keep and re-pack buffers,
+    # doubling the time and adding several tiles of memory (benchmarks/results/lm-cpu.md).
+    buffer = hidden.new_empty(rows * columns)
+    token_loss = torch.empty(tokens, dtype=torch.float32, device=hidden.device)
+    hidden_rows = hidden.reshape(tokens, width)
+    for start in range(0, tokens, rows):
+        stop = min(start + rows, tokens)
+        stats = None
+        for first in range(0, vocab, columns):
+            last = min(first + columns, vocab)
+            tile = buffer[: (stop - start) * (last - first)].view(stop - start, last - first)
+            head = weight[first:last].t()
+            if bias is None:
+                torch.mm(hidden_rows[start:stop], head, out=tile)  # in hidden's dtype, as the model's logits
+            else:
+                torch.addmm(bias[first:last], hidden_rows[start:stop], head, out=tile)
+            tile_stat = tile_stats(
+                logits=tile, labels=targets[start:stop], column_offset=first, logit_sums=label_smoothing > 0
+            )
+            stats = tile_stat if stats is None else _combine(stats, tile_stat)
+        assert stats is not None  # vocab >= 1
+        token_loss[start:stop] = loss_from_stats(
+            stats[0], stats[1], stats[2], targets[start:stop], vocab, ignore_index, label_smoothing
+        )[0]
+    return _sequences(token_loss.view(batch, length), labels, shift, vocab, ignore_index, reduction)
+
+
+def _combine(stats: Tensor, tile: Tensor) -> Tensor:
+    """The (3, N) statistics of two column ranges from each one's: logsumexps by logaddexp, the rest by sums."""
+    return torch.cat([torch.logaddexp(stats[:1], tile[:1]), stats[1:] + tile[1:]])
+
+
+def _sequences(
+    token_loss: Tensor, labels: Tensor, shift: bool, vocab: int, ignore_index: int, reduction: str
+) -> tuple[Tensor, Tensor]:
+    """``(loss, flags)`` per sequence from the (B, T) losses of every position (the last one unscored under
+    the shift)."""
+    scored = token_loss.shape[1] - 1 if shift else token_loss.shape[1]
     loss, ignored, bad = reduce_sequences(
-        token_loss, _scored_labels(labels, shift, scored), vocab, ignore_index, reduction
+        token_loss[:, :scored], _scored_labels(labels, shift, scored), vocab, ignore_index, reduction
     )
     return loss, row_flags(ignored, bad)

@@ -30,7 +30,7 @@ BACKENDS = ("native", "triton", "reference")
 #: kernel name -> backend -> implementation. Every implementation of a kernel takes the same keyword
 #: arguments and returns the same tuple. The batch-level bodies ("sample_rows", "gradmatch", "row_losses")
 #: are one C++ call natively where one exists, else a scoring kernel of the backend and torch ops (_scored);
-#: the language-model bodies are the backend's token kernel and a torch reduction (_sequence).
+#: the language-model bodies are the backend's token (or tile) kernel and a torch reduction (_sequence).
 KERNELS: dict[str, dict[str, Callable]] = {
     "select_sb": {
         "native": _native.select_sb,
@@ -53,9 +53,9 @@ KERNELS: dict[str, dict[str, Callable]] = {
         "reference": partial(_sequence.sequence_losses, _reference_backend.token_losses),
     },
     "linear_sequence_losses": {
-        "native": partial(_sequence.linear_sequence_losses, _native.token_losses),
+        "native": partial(_sequence.linear_sequence_losses, _native.tile_stats),
         "triton": partial(_sequence.fused_linear_sequence_losses, kernels.launch_linear_token_losses),
-        "reference": partial(_sequence.linear_sequence_losses, _reference_backend.token_losses),
+        "reference": partial(_sequence.linear_sequence_losses, _reference_backend.tile_stats),
     },
     "row_losses": {
         "native": partial(_scored.row_losses, _native.row_stats),

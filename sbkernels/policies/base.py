@@ -85,14 +85,13 @@ class Policy:
         )  # fmt: skip
 
     def linear_sequence_losses(
-        self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, block_rows: int
+        self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
     ) -> tuple[Tensor, Tensor]:
         """As :meth:`sequence_losses`, from the last hidden states and the LM head (SPEC section 9)."""
         checks.check_sequence_hidden(hidden, weight, bias, labels)
         return ops.linear_sequence_losses(
             hidden=hidden, weight=weight, bias=bias, labels=labels, shift=self.shift, ignore_index=self.ignore_index,
-            reduction=self.reduction, label_smoothing=getattr(self, "label_smoothing", 0.0), block_rows=block_rows,
-            backend=ops.resolve(self.backend, hidden.device),
+            reduction=self.reduction, label_smoothing=getattr(self, "label_smoothing", 0.0), backend=ops.resolve(self.backend, hidden.device),
         )  # fmt: skip
 
     def select_rows(self, losses: Tensor, flags: Tensor, state: SelectorState) -> Selection:

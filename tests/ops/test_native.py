@@ -14,22 +14,9 @@ import sbkernels
 from sbkernels import reference
 from sbkernels.ops import _sampling as sampling
 from sbkernels.ops._rows import integer_beta, target_masks
-from tests.helpers import loss_tolerance, random_logits, random_targets
+from tests.helpers import ISAS, loss_tolerance, random_logits, random_targets
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-ISAS = ["avx512", "avx2", "default"]  # csrc/cpu/isa_cpu.h: each row kernel is compiled once per set
-
-
-@pytest.fixture(params=ISAS)
-def cpu_isa(request):
-    """Runs the test with the native kernels compiled for one instruction set (skips if the CPU lacks it)."""
-    before = torch.ops.sbkernels.cpu_isa("")
-    try:
-        torch.ops.sbkernels.cpu_isa(request.param)
-    except RuntimeError as error:
-        pytest.skip(str(error))
-    yield request.param
-    torch.ops.sbkernels.cpu_isa(before)
 
 
 def test_cpu_isa_op_reads_sets_and_refuses_unknown_sets():

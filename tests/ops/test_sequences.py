@@ -7,6 +7,8 @@ float32 rounding of the logits' magnitude.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import sbkernels
 from sbkernels import ops
+from sbkernels.ops import _sequence
 from tests.helpers import kernel_devices
 
 BACKENDS = ["reference", "native", *(["triton"] if "cpu" in kernel_devices() else [])]
@@ -123,20 +126,38 @@ def test_infinite_logits_follow_cross_entropy():
 
 # ------------------------------------------------------------------------------------ the linear form
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("block_rows", [1, 5, 1000])
+@pytest.mark.parametrize("tile_bytes", [1, 20, 400, 4 * 10**6])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_linear_form_matches_the_logits_form(backend, block_rows, with_bias):
-    gen = torch.Generator().manual_seed(block_rows)
+def test_linear_form_matches_the_logits_form(backend, tile_bytes, with_bias):
+    gen = torch.Generator().manual_seed(tile_bytes)
     hidden, weight = torch.randn(3, 7, 16, generator=gen), torch.randn(41, 16, generator=gen) / 4
     bias = torch.randn(41, generator=gen) if with_bias else None
     labels = torch.randint(0, 41, (3, 7), generator=gen)
     labels[0, :3] = -100
-    for shift in (True, False):
+    for shift, label_smoothing in ((True, 0.0), (False, 0.0), (True, 0.2)):
         got = sbkernels.linear_sequence_losses(
-            hidden, weight, labels, bias=bias, shift=shift, block_rows=block_rows, backend=backend
-        )
-        want, _ = fp64_sequence_losses(F.linear(hidden, weight, bias), labels, shift)
+            hidden, weight, labels, bias=bias, shift=shift, label_smoothing=label_smoothing,
+            tile_bytes=tile_bytes, backend=backend,
+        )  # fmt: skip
+        want, _ = fp64_sequence_losses(F.linear(hidden, weight, bias), labels, shift, label_smoothing=label_smoothing)
         torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_form_with_masked_vocabulary(backend):
+    """A bias of -inf masks tokens (e.g. the first columns, which a tile trick reading column 0 would trip
+    on): the losses stay those of the logits form, and a label on a masked token gives +inf."""
+    gen = torch.Generator().manual_seed(5)
+    hidden, weight = torch.randn(2, 6, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    bias = torch.zeros(30)
+    bias[:4] = float("-inf")
+    labels = torch.randint(4, 30, (2, 6), generator=gen)
+    got = sbkernels.linear_sequence_losses(hidden, weight, labels, bias=bias, tile_bytes=48, backend=backend)
+    want = sbkernels.sequence_losses(F.linear(hidden, weight, bias), labels, backend="reference")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    labels[1, 3] = 2  # a masked token as a target
+    got = sbkernels.linear_sequence_losses(hidden, weight, labels, bias=bias, tile_bytes=48, backend=backend)
+    assert got[1] == float("inf") and torch.isfinite(got[0])
 
 
 class ProductShapes(TorchDispatchMode):
@@ -153,26 +174,34 @@ class ProductShapes(TorchDispatchMode):
         return out
 
 
-def test_linear_form_never_holds_more_than_one_block_of_logits():
-    """Every matrix product the linear form makes has at most ``block_rows`` rows: the (B, T, V) logits
-    never exist. Negative control: the logits form (what it replaces) makes one product of all B * T rows."""
+def test_linear_form_never_holds_more_than_one_tile_of_logits():
+    """Every matrix product the linear form makes has at most ``tile_bytes`` of logits, and together they
+    cover the (B * T, V) logits exactly once: the logits never exist whole. Negative control: the logits form
+    (what it replaces) makes one product of all of them."""
     gen = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(4, 50, 8, generator=gen), torch.randn(300, 8, generator=gen)
     labels = torch.randint(0, 300, (4, 50), generator=gen)
     with ProductShapes() as linear_form:
-        sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=32, backend="native")
+        sbkernels.linear_sequence_losses(hidden, weight, labels, tile_bytes=4000, backend="native")
     shapes = linear_form.shapes
-    assert shapes and all(s[0] <= 32 and s[-1] == 300 for s in shapes), shapes
-    assert sum(s[0] for s in shapes) == 4 * 50
+    assert shapes and all(rows * columns <= 1000 for rows, columns in shapes), shapes
+    assert sum(rows * columns for rows, columns in shapes) == 4 * 50 * 300
     with ProductShapes() as logits_form:
         sbkernels.sequence_losses(F.linear(hidden, weight), labels, backend="native")
-    assert max(s[0] for s in logits_form.shapes) == 4 * 50  # the control: every token's row at once
+    assert max(s[0] * s[-1] for s in logits_form.shapes) == 4 * 50 * 300  # the control: all the logits at once
 
 
-def test_default_block_holds_block_elements_logits():
-    weight = torch.empty(32_000, 8, dtype=torch.bfloat16)
-    rows = sbkernels.lm.default_block_rows(weight)
-    assert rows * 32_000 <= sbkernels.lm.BLOCK_ELEMENTS < (rows + 1) * 32_000
+@pytest.mark.parametrize(("tokens", "vocab", "elements"), [(8192, 32_000, 8 * 2**20), (7, 5, 3), (100, 3, 50),
+                                                           (1, 10**6, 1000), (10**5, 2, 2**20), (3, 4, 12)])  # fmt: skip
+def test_tile_shape_fills_the_budget_squarely(tokens, vocab, elements):
+    rows, columns = _sequence.tile_shape(tokens, vocab, elements)
+    assert 1 <= rows <= tokens and 1 <= columns <= vocab and rows * columns <= elements
+    if tokens * vocab <= elements:
+        assert (rows, columns) == (tokens, vocab)
+    else:  # as square as the budget and the shape allow, and no room left for another row or column
+        assert min(rows, columns) >= min(math.isqrt(elements), tokens, vocab)
+        assert (rows + 1) * columns > elements or rows == tokens
+        assert rows * (columns + 1) > elements or columns == vocab
 
 
 # ------------------------------------------------------------------------- errors name the argument
@@ -185,7 +214,7 @@ def test_default_block_holds_block_elements_logits():
         (lambda x, y: sbkernels.sequence_losses(x, y, reduction="max"), "reduction must be one of"),
         (lambda x, y: sbkernels.sequence_losses(x.transpose(1, 2).contiguous().transpose(1, 2), y), "unit stride"),
         (lambda x, y: sbkernels.linear_sequence_losses(x, torch.randn(5, 3), y), "weight must be"),
-        (lambda x, y: sbkernels.linear_sequence_losses(x, torch.randn(5, 11), y, block_rows=0), "block_rows"),
+        (lambda x, y: sbkernels.linear_sequence_losses(x, torch.randn(5, 11), y, tile_bytes=0), "tile_bytes"),
     ],
 )
 def test_bad_arguments_raise_with_the_argument_named(call, message):
@@ -208,9 +237,10 @@ def test_opcheck(backend):
     )  # fmt: skip
     torch.library.opcheck(
         torch.ops.sbkernels.linear_sequence_losses.default,
-        (hidden, weight, None, labels, True, -100, "sum", 0.0, 4, backend), test_utils=tests,
+        (hidden, weight, None, labels, True, -100, "sum", 0.0, 80, backend), test_utils=tests,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.sbkernels.token_losses_cpu.default, (logits, labels, True, -100, 0.0))
+    torch.library.opcheck(torch.ops.sbkernels.tile_stats_cpu.default, (logits[0], labels[0], 3, True))
 
 
 def test_compile_fullgraph_matches_eager():
@@ -221,7 +251,7 @@ def test_compile_fullgraph_matches_eager():
     def both(logits, labels, hidden, weight):
         return (
             sbkernels.sequence_losses(logits, labels, backend="native"),
-            sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=5, backend="native"),
+            sbkernels.linear_sequence_losses(hidden, weight, labels, tile_bytes=80, backend="native"),
         )
 
     compiled = torch.compile(both, fullgraph=True, backend="aot_eager")
@@ -231,13 +261,13 @@ def test_compile_fullgraph_matches_eager():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_form_in_low_precision(backend):
-    """bf16 hidden states and head: the native and reference paths round each block's logits to bf16 as the
+    """bf16 hidden states and head: the native and reference paths round each tile's logits to bf16 as the
     model would; the Triton kernel keeps its tiles in float32. Both stay within bf16 rounding of fp64."""
     gen = torch.Generator().manual_seed(3)
     hidden = torch.randn(2, 9, 32, generator=gen).to(torch.bfloat16)
     weight = (torch.randn(70, 32, generator=gen) / 6).to(torch.bfloat16)
     labels = torch.randint(0, 70, (2, 9), generator=gen)
-    got = sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=4, backend=backend)
+    got = sbkernels.linear_sequence_losses(hidden, weight, labels, tile_bytes=200, backend=backend)
     want, _ = fp64_sequence_losses(F.linear(hidden.double(), weight.double()), labels)
     torch.testing.assert_close(got.double(), want, rtol=0, atol=3e-2)
 
@@ -245,12 +275,12 @@ def test_linear_form_in_low_precision(backend):
 @pytest.mark.skipif("triton" not in BACKENDS, reason="the Triton kernels run only where this session interprets them")
 def test_the_triton_linear_form_forms_no_logits_outside_its_kernel():
     """The fused kernel makes its vocabulary tiles in registers: no matrix product runs outside it, where the
-    native path makes one per block (the control)."""
+    native path makes one per tile (the control)."""
     gen = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(2, 20, 16, generator=gen), torch.randn(90, 16, generator=gen)
     labels = torch.randint(0, 90, (2, 20), generator=gen)
     with ProductShapes() as fused:
         sbkernels.linear_sequence_losses(hidden, weight, labels, backend="triton")
-    with ProductShapes() as blocked:
-        sbkernels.linear_sequence_losses(hidden, weight, labels, block_rows=8, backend="native")
-    assert fused.shapes == [] and len(blocked.shapes) == 5
+    with ProductShapes() as tiled:
+        sbkernels.linear_sequence_losses(hidden, weight, labels, tile_bytes=4 * 8 * 90, backend="native")
+    assert fused.shapes == [] and len(tiled.shapes) == 8  # 2 x 4 tiles of at most 26 x 27

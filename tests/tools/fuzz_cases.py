@@ -34,6 +34,15 @@ def _labels(batch: int = B, length: int = T) -> torch.Tensor:
     return torch.randint(0, C, (batch, length))
 
 
+def _tile_stats_cpu(**changes) -> Callable[[], object]:
+    def call():
+        args = dict(logits=_logits(), labels=_targets(), column_offset=0, logit_sums=True)
+        args.update(changes)
+        return ops.tile_stats_cpu(*args.values())
+
+    return call
+
+
 def _token_losses_cpu(**changes) -> Callable[[], object]:
     def call():
         args = dict(logits=torch.randn(B, T, C), labels=_labels(), shift=True, ignore_index=-100,
@@ -116,7 +125,7 @@ def _policy_op(name: str, **changes) -> Callable[[], object]:
                                     reduction="mean", label_smoothing=0.0, backend="native"),
             "linear_sequence_losses": dict(hidden=torch.randn(B, T, H), weight=torch.randn(C, H), bias=None,
                                            labels=_labels(), shift=True, ignore_index=-100, reduction="mean",
-                                           label_smoothing=0.0, block_rows=4, backend="native"),
+                                           label_smoothing=0.0, tile_bytes=80, backend="native"),
         }[name]  # fmt: skip
         base.update(changes)
         return getattr(ops, name)(*base.values())
@@ -204,6 +213,14 @@ CASES: dict[str, Callable[[], object]] = {
     "token_losses_cpu.logits_int": _token_losses_cpu(logits=torch.zeros(B, T, C, dtype=torch.int32)),
     "token_losses_cpu.logits_vocab_stride": _token_losses_cpu(logits=torch.randn(C, T, B).permute(2, 1, 0)),
     "token_losses_cpu.label_smoothing_one": _token_losses_cpu(label_smoothing=1.0),
+    # tile_stats_cpu
+    "tile_stats_cpu.logits_3d": _tile_stats_cpu(logits=torch.randn(2, N, C)),
+    "tile_stats_cpu.labels_short": _tile_stats_cpu(labels=_targets(N - 1)),
+    "tile_stats_cpu.labels_float": _tile_stats_cpu(labels=torch.zeros(N)),
+    "tile_stats_cpu.no_columns": _tile_stats_cpu(logits=torch.randn(N, 0)),
+    "tile_stats_cpu.column_stride": _tile_stats_cpu(logits=torch.randn(C, N).t()),
+    "tile_stats_cpu.offset_negative": _tile_stats_cpu(column_offset=-1),
+    "tile_stats_cpu.logits_float64": _tile_stats_cpu(logits=torch.randn(N, C, dtype=torch.float64)),
     # cpu_isa
     "cpu_isa.unknown": lambda: ops.cpu_isa("sse9"),
     # The registered Python ops, called directly.
@@ -234,7 +251,7 @@ CASES: dict[str, Callable[[], object]] = {
     "sequence_losses.reduction_unknown": _policy_op("sequence_losses", reduction="max"),
     "linear_sequence_losses.weight_width": _policy_op("linear_sequence_losses", weight=torch.randn(C, H + 1)),
     "linear_sequence_losses.bias_short": _policy_op("linear_sequence_losses", bias=torch.randn(C - 1)),
-    "linear_sequence_losses.block_rows_zero": _policy_op("linear_sequence_losses", block_rows=0),
+    "linear_sequence_losses.tile_bytes_zero": _policy_op("linear_sequence_losses", tile_bytes=0),
     "linear_sequence_losses.triton_labels_short": _policy_op(
         "linear_sequence_losses", labels=_labels(batch=1), backend="triton"
     ),
