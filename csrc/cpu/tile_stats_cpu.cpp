@@ -63,8 +63,7 @@ void tile_rows_dispatch(Isa isa, const TileArgs<T>& a, int64_t begin, int64_t en
 
 // (3, N) float32 statistics of the (N, C) tile `logits` whose first column is column column_offset of the
 // full logits, against labels (N,) int64 / int32 in the full logits' columns.
-at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, int64_t column_offset,
-                          bool logit_sums) {
+at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, int64_t column_offset, bool logit_sums) {
   const char* op = "tile_stats_cpu";
   const int64_t n = check_logits_targets(logits, labels, op);  // (N, C >= 1), unit column stride, the dtypes
   TORCH_CHECK(column_offset >= 0 && column_offset <= (int64_t{1} << 40), op,
@@ -76,8 +75,15 @@ at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, in
   const int64_t columns = logits.size(1);
   auto run = [&](auto* typed) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
-    const TileArgs<T> args{logits.const_data_ptr<T>(), logits.stride(0), wide.const_data_ptr<int64_t>(), columns,
-                           column_offset, logit_sums, out, out + n, out + 2 * n};
+    const TileArgs<T> args{logits.const_data_ptr<T>(),
+                           logits.stride(0),
+                           wide.const_data_ptr<int64_t>(),
+                           columns,
+                           column_offset,
+                           logit_sums,
+                           out,
+                           out + n,
+                           out + 2 * n};
     const int64_t grain = std::max<int64_t>(1, kElementsPerTask / columns);
     at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { tile_rows_dispatch(isa, args, begin, end); });
   };
@@ -85,8 +91,7 @@ at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, in
     case at::kFloat: run(static_cast<const float*>(nullptr)); break;
     case at::kBFloat16: run(static_cast<const c10::BFloat16*>(nullptr)); break;
     case at::kHalf: run(static_cast<const c10::Half*>(nullptr)); break;
-    default:
-      TORCH_CHECK(false, op, ": logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
+    default: TORCH_CHECK(false, op, ": logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
   }
   return stats;
 }

@@ -91,7 +91,8 @@ class Policy:
         checks.check_sequence_hidden(hidden, weight, bias, labels)
         return ops.linear_sequence_losses(
             hidden=hidden, weight=weight, bias=bias, labels=labels, shift=self.shift, ignore_index=self.ignore_index,
-            reduction=self.reduction, label_smoothing=getattr(self, "label_smoothing", 0.0), backend=ops.resolve(self.backend, hidden.device),
+            reduction=self.reduction, label_smoothing=getattr(self, "label_smoothing", 0.0),
+            backend=ops.resolve(self.backend, hidden.device),
         )  # fmt: skip
 
     def select_rows(self, losses: Tensor, flags: Tensor, state: SelectorState) -> Selection:

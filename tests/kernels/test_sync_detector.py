@@ -152,7 +152,9 @@ CALLS = {
 # Language models: (B, T, V) logits (a strided slice) and labels with an all-ignored sequence.
 LM_CALLS = {
     "sequence_losses": lambda x, h, w, y, b: sbkernels.sequence_losses(x, y, backend=b),
-    "linear_sequence_losses": lambda x, h, w, y, b: sbkernels.linear_sequence_losses(h, w, y, tile_bytes=120, backend=b),
+    "linear_sequence_losses": lambda x, h, w, y, b: sbkernels.linear_sequence_losses(
+        h, w, y, tile_bytes=120, backend=b
+    ),
     "SB on sequences": lambda x, h, w, y, b: sbkernels.SB(backend=b, history_size=8)(x, y),
     "Keep on sequences": lambda x, h, w, y, b: sbkernels.Keep(0.5, backend=b)(x, y),
     "Uniform(k) on sequences": lambda x, h, w, y, b: sbkernels.Uniform(k=2, backend=b)(x, y),

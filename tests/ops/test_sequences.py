@@ -191,8 +191,10 @@ def test_linear_form_never_holds_more_than_one_tile_of_logits():
     assert max(s[0] * s[-1] for s in logits_form.shapes) == 4 * 50 * 300  # the control: all the logits at once
 
 
-@pytest.mark.parametrize(("tokens", "vocab", "elements"), [(8192, 32_000, 8 * 2**20), (7, 5, 3), (100, 3, 50),
-                                                           (1, 10**6, 1000), (10**5, 2, 2**20), (3, 4, 12)])  # fmt: skip
+TILE_CASES = [(8192, 32_000, 8 * 2**20), (7, 5, 3), (100, 3, 50), (1, 10**6, 1000), (10**5, 2, 2**20), (3, 4, 12)]
+
+
+@pytest.mark.parametrize(("tokens", "vocab", "elements"), TILE_CASES)
 def test_tile_shape_fills_the_budget_squarely(tokens, vocab, elements):
     rows, columns = _sequence.tile_shape(tokens, vocab, elements)
     assert 1 <= rows <= tokens and 1 <= columns <= vocab and rows * columns <= elements

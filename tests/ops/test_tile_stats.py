@@ -13,6 +13,7 @@ import torch
 from sbkernels import reference
 from sbkernels.ops import _sequence
 
+
 def _tile(rows, columns, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(rows, columns, generator=gen) * 4).to(dtype)
