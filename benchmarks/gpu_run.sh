@@ -7,10 +7,11 @@
 #   benchmarks/gpu_run.sh OUT_DIR            # e.g. "$OUT" on the device machine
 #   SBKERNELS_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_run.sh OUT_DIR   # when .git is absent
 #   STEPS="build gpu-only" benchmarks/gpu_run.sh OUT_DIR      # only these steps (split across device calls)
+#   DRY_RUN=1 benchmarks/gpu_run.sh OUT_DIR   # log what each step would run, run nothing
 #
 # Steps, in order: build, gpu-only (tests/kernels/test_gpu.py: no-sync, CUDA graphs, N*C > 2**31, compile, two GPUs),
-# equality (every other test file on CUDA tensors, one file at a time), report, step-benchmark,
-# microbenchmarks. Test budgets come from a count: each collected test may compile a few Triton
+# equality (every other test file, tests/ and its subfolders, on CUDA tensors, one file at a time), report,
+# step-benchmark, microbenchmarks, lm (benchmarks/lm.py on CUDA: the Triton LM kernels, the fused linear form). Test budgets come from a count: each collected test may compile a few Triton
 # configurations (0.4-1.7 s each on triton 3.6), so a file gets BASE + PER_TEST seconds per collected test.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_run.sh OUT_DIR}
@@ -30,6 +31,7 @@ selected() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
 step() {  # step NAME COMMAND...: run, log, remember failure, keep going
   local name=$1; shift
   echo "=== $name: $*" | tee -a "$log"
+  if [ -n "${DRY_RUN:-}" ]; then return 0; fi
   local t0=$SECONDS
   "$@" 2>&1 | tee -a "$log"
   local rc=${PIPESTATUS[0]}
@@ -44,7 +46,7 @@ tests_in() {  # the number of tests pytest collects from the given paths
 pytest_step() {  # pytest_step NAME JUNIT_NAME PATHS...: budget from the collected count
   local name=$1 junit=$2; shift 2
   local count budget
-  count=$(tests_in "$@")
+  if [ -n "${DRY_RUN:-}" ]; then count=0; else count=$(tests_in "$@"); fi
   budget=$((BASE + PER_TEST * count))
   echo "=== $name: $count tests collected, budget $budget s" | tee -a "$log"
   step "$name" timeout "$budget" python3 -m pytest -q "$@" -p no:cacheprovider --junitxml="$out/$junit.xml"
@@ -58,6 +60,10 @@ pytest_step() {  # pytest_step NAME JUNIT_NAME PATHS...: budget from the collect
   nvcc --version | tail -2
 } 2>&1 | tee "$log"
 
+equality_files() {  # every test file but the GPU-only one, in tests/ and its subfolders (the layout of issue 20)
+  find tests -name 'test_*.py' -not -path tests/kernels/test_gpu.py | sort
+}
+
 selected build && step build env MAX_JOBS=16 python3 setup.py build_ext --inplace -q
 # The GPU-only claims first: they are short and what the GPU run is for.
 selected gpu-only && pytest_step gpu-only pytest-gpu-only tests/kernels/test_gpu.py
@@ -65,9 +71,10 @@ selected gpu-only && pytest_step gpu-only pytest-gpu-only tests/kernels/test_gpu
 # No interpreter suite here: the device image pairs triton 3.6 with numpy 2.5, which its interpreter cannot
 # run (tests/conftest.py explains); CI runs the interpreter suite on triton >= 3.9.
 if selected equality; then
-  for file in tests/test_*.py; do
-    [ "$file" = tests/kernels/test_gpu.py ] && continue
-    pytest_step "equality $(basename "$file" .py)" "pytest-$(basename "$file" .py)" "$file"
+  for file in $(equality_files); do
+    name=${file#tests/}
+    name=${name%.py}
+    pytest_step "equality $name" "pytest-${name//\//-}" "$file"
   done
 fi
 selected report && step report timeout 240 python3 -m benchmarks.report --out "$out"
@@ -75,6 +82,7 @@ selected step-benchmark && step step-benchmark timeout 120 python3 -m benchmarks
 selected microbenchmarks && step microbenchmarks timeout 150 python3 -m pytest benchmarks -q --benchmark-only \
   -p no:cacheprovider --benchmark-json="$out/microbench.json" --benchmark-columns=median,iqr,rounds \
   --benchmark-sort=name
+selected lm && step lm timeout 900 python3 -m benchmarks.lm --device cuda --out "$out/lm-gpu"
 if [ ${#failed[@]} -eq 0 ]; then
   echo "gpu_run: all steps passed (see $log)" | tee -a "$log"
   exit 0

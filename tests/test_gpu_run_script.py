@@ -36,3 +36,32 @@ def test_a_step_over_its_budget_is_reported_as_failed(tmp_path):
     done = _run(tmp_path, BASE="1", PER_TEST="0")
     assert done.returncode == 1
     assert "gpu_run: FAILED steps: gpu-only" in done.stdout
+
+
+def _equality_files_run(script: str, tmp_path: Path) -> set[str]:
+    """The test files a dry run of the script text's equality step would run (from stdin in benchmarks/, so
+    it finds the repository as the real script does)."""
+    subprocess.run(
+        ["bash", "-s", str(tmp_path / "out")], input=script, capture_output=True, text=True, timeout=120,
+        cwd=ROOT / "benchmarks", env={**os.environ, "STEPS": "equality", "DRY_RUN": "1"}, check=True,
+    )  # fmt: skip
+    log = (tmp_path / "out" / "gpu_run.log").read_text()
+    runs = [line.split(" -q ")[1] for line in log.splitlines() if line.startswith("=== equality") and " -q " in line]
+    return {run.split()[0] for run in runs}
+
+
+def _missing_from_equality(script: str, tmp_path: Path) -> set[str]:
+    every = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")} - {"tests/kernels/test_gpu.py"}
+    return every - _equality_files_run(script, tmp_path)
+
+
+def test_the_equality_step_runs_every_test_file_but_the_gpu_only_one(tmp_path):
+    """Since the tests moved into subfolders (issue 20), a glob of tests/test_*.py would run a fifth of them.
+    Negative control: the script with that old glob misses the subfolders' files, and this check says so."""
+    script = (ROOT / "benchmarks" / "gpu_run.sh").read_text()
+    assert _missing_from_equality(script, tmp_path / "current") == set()
+    old = script.replace("for file in $(equality_files); do", "for file in tests/test_*.py; do")
+    assert old != script
+    missing = _missing_from_equality(old, tmp_path / "old")
+    assert "tests/ops/test_sequences.py" in missing and "tests/kernels/test_select_kernel.py" in missing
+    assert "tests/test_estimate.py" not in missing  # the old glob still ran the top-level files
