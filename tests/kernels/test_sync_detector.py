@@ -243,6 +243,49 @@ def test_selective_backprop_observe_and_ready_batches_never_sync(backend, policy
     assert taken > 0
 
 
+def _lm_batch(length: int, seed: int):
+    """A collator's output: dynamic padding, so each batch has its own length."""
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, C, (4, length), generator=gen)
+    labels = input_ids.clone()
+    labels[:, length - 2 :] = -100
+    mask = (labels != -100).long()
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scoring", ["logits", "hidden states"])
+def test_selective_backprop_on_lm_batches_never_syncs(backend, scoring):
+    """observe with (B, T, V) logits or hidden states and an LM head, on batches of different lengths: the
+    pool re-pads every field to the longest length it holds, and nothing waits for the device."""
+    gen = torch.Generator().manual_seed(7)
+    head = torch.randn(C, 6, generator=gen)
+    sb = sbkernels.SelectiveBackprop(
+        3, sbkernels.SB(beta=1.0, history_size=16, backend=backend), readback=LateReadbacks(max_polls=1, seed=3),
+        pad_values={"input_ids": 0},
+    )  # fmt: skip
+
+    def inputs(length: int, seed: int):  # made outside the detector: the test's own writes are not the API's
+        return _lm_batch(length, seed), torch.randn(4, length, 6, generator=gen)
+
+    def observe(batch, hidden):
+        if scoring == "logits":
+            return sb.observe(hidden @ head.T, batch["labels"], batch)
+        return sb.observe(hidden, batch["labels"], batch, lm_head=head)
+
+    observe(*inputs(9, 0))  # records the batch's fields
+    steps = [inputs(length, seed) for seed, length in enumerate([7, 12, 9, 15, 5, 11], start=1)]
+    widths = []
+    with SyncDetector() as detector:
+        for batch, hidden in steps:
+            observe(batch, hidden)
+            for ready in sb.ready_batches():
+                assert ready.data["input_ids"].shape == ready.data["labels"].shape
+                widths.append(ready.data["labels"].shape[1])
+    detector.assert_clean()
+    assert widths and max(widths) > 9, f"no re-padded batch came out ({widths}): the path was not exercised"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stale_sb_epochs_never_sync(backend):
     """Stale-SB's cache writes and reads (ids out of range included: counted on the device) in both epochs."""
