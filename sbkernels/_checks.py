@@ -109,6 +109,13 @@ def check_int(name: str, value: object, low: int, high: int) -> None:
         _fail(f"{name} must be an int in [{low}, {high}], got {value!r}")
 
 
+def check_ignore_index(ignore_index: object) -> None:
+    """The target value of rows to skip: any int64 (a float, a tensor or a larger int is refused here, by name,
+    instead of by the C++ op's argument parser)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not -(2**63) <= ignore_index < 2**63:
+        _fail(f"ignore_index must be an int64 target value (e.g. -100, the default), got {ignore_index!r}")
+
+
 def check_row_offset(row_offset: object, n: int) -> None:
     check_int("row_offset", row_offset, 0, 2**32 - n)
 

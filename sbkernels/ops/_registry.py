@@ -20,11 +20,16 @@ from types import ModuleType
 
 import torch
 
+from .. import _checks as checks
 from ..slots import _C  # importing slots loads the compiled extension (or fails with the build command)
 
 NAMESPACE = "sbkernels"
 _implementations: dict[str, Callable] = {}
 _read_tensors: dict[str, tuple[int, ...]] = {}  # per op: positions of the tensor inputs it does not mutate
+#: Checks of arguments several ops share, by name. :func:`call` runs them on every eager call (a direct
+#: ``torch.ops`` call meets the dispatcher's own type check), so no public function can forget one.
+SHARED_CHECKS: dict[str, Callable[[object], None]] = {"ignore_index": checks.check_ignore_index}
+_shared_checks: dict[str, tuple[tuple[int, Callable[[object], None]], ...]] = {}  # per op: (position, check)
 
 
 def register_op(
@@ -43,6 +48,9 @@ def register_op(
         parameters = inspect.signature(implementation).parameters.values()
         _read_tensors[name] = tuple(
             i for i, p in enumerate(parameters) if "Tensor" in str(p.annotation) and p.name not in mutated
+        )
+        _shared_checks[name] = tuple(
+            (i, SHARED_CHECKS[p.name]) for i, p in enumerate(parameters) if p.name in SHARED_CHECKS
         )
 
         @functools.wraps(implementation)
@@ -72,6 +80,8 @@ def call(name: str, *args):
     if torch.compiler.is_compiling():
         return getattr(torch.ops.sbkernels, name)(*args)
     implementation = _implementations[name]
+    for position, check in _shared_checks[name]:
+        check(args[position])
     # As through the dispatcher, no output takes part in autograd (the selection ops have no formula). The
     # context manager costs a few us, so it is entered only when an input (logits, losses, features)
     # requires grad; the state the op mutates never does.

@@ -50,6 +50,7 @@ class Policy:
         reduction: str = "mean",
     ) -> None:
         checks.check_sequence_options(shift, reduction, 0.0)
+        checks.check_ignore_index(ignore_index)
         self.history_size, self.seed = history_size, seed
         self.ignore_index, self.backend = ignore_index, backend
         self.shift, self.reduction = shift, reduction

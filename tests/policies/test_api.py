@@ -62,6 +62,30 @@ def test_bad_losses_and_state_arguments():
     assert int(state.step) == 0
 
 
+IGNORE_INDEX_CALLS = {
+    "select": lambda x, t, y, h, w, i: sbkernels.select(x, t, sbkernels.SelectorState(8), ignore_index=i),
+    "select_keep": lambda x, t, y, h, w, i: sbkernels.select_keep(
+        x, t, sbkernels.SelectorState(8), 0.5, ignore_index=i
+    ),
+    "Uniform": lambda x, t, y, h, w, i: sbkernels.Uniform(k=2, ignore_index=i)(x, t),
+    "SB on sequences": lambda x, t, y, h, w, i: sbkernels.SB(ignore_index=i)(h @ w.T, y),
+    "sequence_losses": lambda x, t, y, h, w, i: sbkernels.sequence_losses(h @ w.T, y, ignore_index=i),
+    "linear_sequence_losses": lambda x, t, y, h, w, i: sbkernels.linear_sequence_losses(h, w, y, ignore_index=i),
+}
+
+
+@pytest.mark.parametrize("bad", [1.5, 2**70, True, "-100"])
+@pytest.mark.parametrize("name", list(IGNORE_INDEX_CALLS))
+def test_a_bad_ignore_index_is_refused_by_name(name, bad):
+    """Every public path checks ignore_index (the ops layer does it for all of them): a float or a value
+    beyond int64 used to reach the C++ argument parser, whose error did not say what to pass."""
+    x, t = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    h, w, y = torch.randn(2, 4, 3), torch.randn(5, 3), torch.randint(0, 5, (2, 4))
+    with pytest.raises(ValueError, match="ignore_index must be an int64"):
+        IGNORE_INDEX_CALLS[name](x, t, y, h, w, bad)
+    IGNORE_INDEX_CALLS[name](x, t, y, h, w, -(2**63))  # any int64 is a valid target value to skip
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device type")
 def test_state_on_another_device_is_rejected():
     state = sbkernels.SelectorState(4, device="cuda")
