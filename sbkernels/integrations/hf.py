@@ -2,8 +2,8 @@
 
     trainer = SelectiveBackpropTrainer(
         model=model, args=TrainingArguments(..., max_steps=1000), train_dataset=train, eval_dataset=held_out,
-        data_collator=collator, selective_backprop=sbkernels.SelectiveBackprop(
-            16, sbkernels.SB(beta=1.0, history_size=64), pad_values={"input_ids": tokenizer.pad_token_id}),
+        data_collator=collator, processing_class=tokenizer,
+        selective_backprop=sbkernels.SelectiveBackprop(16, sbkernels.SB(beta=1.0, history_size=64)),
     )
     trainer.train()                                  # or trainer.train(resume_from_checkpoint=True)
 
@@ -16,6 +16,9 @@ Trainer then does what it always does with the batches it is given, so gradient 
 learning-rate schedule (counted in optimizer steps taken) and logging are the Trainer's own. Evaluation
 uses the evaluation dataloader, untouched: no selection, no change of the selection state.
 
+- Padding: batches of different lengths are re-padded to the longest one the pool holds, ``input_ids``
+  with the tokenizer's pad id (``processing_class``, or the collator's ``tokenizer``) unless the
+  ``SelectiveBackprop``'s ``pad_values`` names it; ``labels`` with -100 and ``attention_mask`` with 0.
 - ``max_steps`` is required: how many backward batches an epoch yields depends on the selection, so the
   Trainer cannot count an epoch in optimizer steps beforehand. The wrapper passes over the training set
   again and again (``set_epoch`` each pass, the last partial batch flushed at each pass's end);
@@ -31,7 +34,7 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -103,6 +106,8 @@ class SelectiveBackpropTrainer(Trainer):
         if model is None:
             raise ValueError("SelectiveBackpropTrainer needs a model to score the batches")
         training = model.training
+        if self.selective_backprop.spec is None:  # the first batch: its fields are recorded now
+            self._default_input_ids_pad(batch.keys())
         model.eval()
         try:
             with torch.no_grad(), self.accelerator.autocast():
@@ -120,6 +125,21 @@ class SelectiveBackpropTrainer(Trainer):
         finally:
             model.train(training)
 
+    def _default_input_ids_pad(self, fields: Iterable[object]) -> None:
+        """Re-pad ``input_ids`` with the tokenizer's pad id (``processing_class``, or the collator's tokenizer)
+        unless ``pad_values`` names it: the collator pads with that id, and the pool needs the same value to
+        keep batches of different lengths. Set before the batch's fields are recorded (the first batch, or a
+        checkpoint's)."""
+        pads = self.selective_backprop.pad_values
+        if "input_ids" not in fields or not (pads is None or isinstance(pads, Mapping)):
+            return
+        if pads is not None and "input_ids" in pads:
+            return
+        tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        if isinstance(pad_id, int):
+            self.selective_backprop.pad_values = {**(pads or {}), "input_ids": pad_id}
+
     def _load_selection(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, STATE_FILE)
         if not os.path.exists(path):
@@ -132,6 +152,9 @@ class SelectiveBackpropTrainer(Trainer):
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position.values()
         ):  # fmt: skip
             raise ValueError(f"corrupted {path}: position must hold epoch and batches as ints >= 0")
+        spec = saved["selective_backprop"].get("spec") if isinstance(saved["selective_backprop"], dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("keys"), (list, tuple)):  # else refused just below
+            self._default_input_ids_pad(spec["keys"])
         self.selective_backprop.load_state_dict(_to_device(saved["selective_backprop"], self.args.device))
         self.position = dict(position)
 

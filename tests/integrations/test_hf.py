@@ -152,3 +152,52 @@ def test_max_steps_is_required(tmp_path):
             model=model(), args=args, train_dataset=sequences(8, 0), data_collator=collate,
             selective_backprop=sbkernels.SelectiveBackprop(4),
         )  # fmt: skip
+
+
+def word_tokenizer():
+    """A word-level tokenizer built offline, its pad id 3 (not 0: a default of 0 would go unnoticed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<eos>", "<bos>", "<pad>", *[f"w{i}" for i in range(VOCAB - 4)]]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
+
+
+def test_the_tokenizer_pads_input_ids_when_pad_values_does_not(tmp_path):
+    """With an ordinary collator (DataCollatorForLanguageModeling) and no pad_values, input_ids are re-padded
+    with the tokenizer's pad id, also after a resume. Control: with no tokenizer to read it from, the pool
+    refuses the second length and names pad_values."""
+    from transformers import DataCollatorForLanguageModeling
+
+    tokenizer = word_tokenizer()
+    texts = [
+        " ".join(f"w{int(i)}" for i in torch.randint(0, VOCAB - 4, (int(n),))) for n in torch.randint(3, 19, (40,))
+    ]
+    data = [tokenizer(text) for text in texts]
+
+    def trainer(max_steps, collator, **kwargs):
+        args = TrainingArguments(
+            output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, learning_rate=1e-3,
+            save_steps=2, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        )  # fmt: skip
+        sb = sbkernels.SelectiveBackprop(4, sbkernels.SB(beta=1.0, history_size=32, seed=1))
+        return Recording(model=model(), args=args, train_dataset=data, data_collator=collator, selective_backprop=sb,
+                         **kwargs)  # fmt: skip
+
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    run = trainer(4, collator, processing_class=tokenizer)
+    run.train()
+    padded = [b["input_ids"][b["attention_mask"] == 0] for b in run.trained]
+    assert sum(p.numel() for p in padded) > 0 and all(bool((p == 3).all()) for p in padded)
+    resumed = trainer(4, collator)  # the collator's own tokenizer gives the id too
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    for a, b in zip(run.trained[2:], resumed.trained, strict=True):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+
+    def bare(examples):  # the collator's work without a tokenizer the trainer could read
+        return collator(examples)
+
+    with pytest.raises(ValueError, match="pad_values"):
+        trainer(4, bare).train()
