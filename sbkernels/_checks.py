@@ -191,7 +191,11 @@ def check_sequence_hidden(hidden: object, weight: object, bias: object, labels: 
     if weight.dim() != 2 or weight.shape[1] != width or weight.shape[0] < 2:
         _fail(f"weight must be the LM head's (V, H) = (V >= 2, {width}), got shape {tuple(weight.shape)}")
     if hidden.dtype not in LOGIT_DTYPES or weight.dtype != hidden.dtype:
-        _fail(f"hidden and weight must share a float32/bfloat16/float16 dtype, got {hidden.dtype}, {weight.dtype}")
+        _fail(
+            f"hidden and weight must share a float32/bfloat16/float16 dtype, got {hidden.dtype}, {weight.dtype}: "
+            "score under the model's autocast (both are then cast as the LM head's F.linear would cast them) "
+            "or cast one to the other's dtype"
+        )
     if weight.device != hidden.device:
         _fail(f"weight is on {weight.device} but hidden is on {hidden.device}")
     if bias is not None:

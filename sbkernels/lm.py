@@ -18,6 +18,7 @@ states).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from . import _checks as checks
@@ -74,10 +75,12 @@ def linear_sequence_losses(
 
     ``hidden`` (B, T, H) are the last hidden states (``output_hidden_states=True``, the last entry, after
     the final norm) and ``weight`` (V, H) the LM head's (``model.get_output_embeddings().weight``), in
-    the same dtype. The logits are formed and reduced one tile of at most ``tile_bytes`` at a time
+    the same dtype; under autocast both are cast to its dtype first, as the head's own ``F.linear`` would
+    (:func:`autocast_head`). The logits are formed and reduced one tile of at most ``tile_bytes`` at a time
     (on CPU; on CUDA one Triton kernel keeps each tile in registers), so the extra memory is one tile,
     whatever B, T and V.
     """
+    hidden, weight, bias = autocast_head(hidden, weight, bias)
     checks.check_sequence_hidden(hidden, weight, bias, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
     checks.check_int("tile_bytes", tile_bytes, 1, 2**62)
@@ -87,6 +90,17 @@ def linear_sequence_losses(
         backend=ops.resolve(backend, hidden.device),
     )  # fmt: skip
     return loss
+
+
+def autocast_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The hidden states and the LM head as the head's ``F.linear`` sees them: under autocast on the hidden
+    states' device, all cast to its dtype (so the logits are formed in the precision the model's own would
+    be), else unchanged."""
+    if not isinstance(hidden, Tensor) or not torch.is_autocast_enabled(hidden.device.type):
+        return hidden, weight, bias  # (anything not a tensor is refused by the checks that follow)
+    dtype = torch.get_autocast_dtype(hidden.device.type)
+    cast = [None if t is None or not isinstance(t, Tensor) else t.to(dtype) for t in (hidden, weight, bias)]
+    return cast[0], cast[1], cast[2]  # type: ignore[return-value]
 
 
 def lm_head_parameters(lm_head: nn.Module | Tensor) -> tuple[Tensor, Tensor | None]:

@@ -14,6 +14,13 @@
 
 namespace sbkernels::cpu {
 
+constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop runs on the calling thread
+
+// Rows per parallel task: enough logits per task that small batches stay on one thread.
+inline int64_t row_grain(int64_t num_classes) {
+  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(num_classes, 1));
+}
+
 // Per row: loss, importance score ||softmax - onehot||_2 and the Philox uniform tl.rand(seed, (step << 32) +
 // row_offset + i), from logits + targets or from given losses (score 0), into loss, score and u (N floats
 // each; score may be nullptr: not computed), and the row flags of slots.h into flags (all valid for

@@ -26,15 +26,9 @@
 namespace sbkernels::cpu {
 namespace {
 
-constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop runs on the calling thread
 // The percentile sorts the history snapshot once and binary-searches it when N > this * log2(n_hist) (the
 // sort then costs less than the W-lane count over the whole snapshot for every row).
 constexpr int64_t kSortedPathRowsPerLogHist = 128;
-
-// Rows per parallel task: enough logits per task that small batches stay on one thread.
-int64_t row_grain(int64_t num_classes) {
-  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(num_classes, 1));
-}
 
 // One logits matrix and the per-row outputs of the row kernels.
 template <typename T>

@@ -16,12 +16,11 @@
 
 #include "checks_cpu.h"
 #include "isa_cpu.h"
+#include "ops_cpu.h"
 #include "rows_cpu.h"
 
 namespace sbkernels::cpu {
 namespace {
-
-constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop runs on the calling thread
 
 template <typename T>
 struct TileArgs {
@@ -84,8 +83,8 @@ at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, in
                            out,
                            out + n,
                            out + 2 * n};
-    const int64_t grain = std::max<int64_t>(1, kElementsPerTask / columns);
-    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { tile_rows_dispatch(isa, args, begin, end); });
+    at::parallel_for(0, n, row_grain(columns),
+                     [&](int64_t begin, int64_t end) { tile_rows_dispatch(isa, args, begin, end); });
   };
   switch (logits.scalar_type()) {
     case at::kFloat: run(static_cast<const float*>(nullptr)); break;

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .. import _checks as checks
 from .. import ops
+from ..lm import autocast_head
 from ..selection import Selection
 from ..state import SelectorState, check_saved_state
 
@@ -88,7 +89,9 @@ class Policy:
     def linear_sequence_losses(
         self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """As :meth:`sequence_losses`, from the last hidden states and the LM head (SPEC section 9)."""
+        """As :meth:`sequence_losses`, from the last hidden states and the LM head (SPEC section 9); under
+        autocast as :func:`sbkernels.lm.autocast_head` casts them."""
+        hidden, weight, bias = autocast_head(hidden, weight, bias)
         checks.check_sequence_hidden(hidden, weight, bias, labels)
         return ops.linear_sequence_losses(
             hidden=hidden, weight=weight, bias=bias, labels=labels, shift=self.shift, ignore_index=self.ignore_index,

@@ -286,3 +286,21 @@ def test_the_triton_linear_form_forms_no_logits_outside_its_kernel():
     with ProductShapes() as tiled:
         sbkernels.linear_sequence_losses(hidden, weight, labels, tile_bytes=4 * 8 * 90, backend="native")
     assert fused.shapes == [] and len(tiled.shapes) == 8  # 2 x 4 tiles of at most 26 x 27
+
+
+def test_the_linear_form_follows_autocast_as_the_lm_head_would():
+    """Under autocast the hidden states and the head are cast as the head's F.linear casts them (bf16 on
+    CPU): the same losses as bf16 operands give, on the public function and on the policy's path. Outside
+    autocast, mismatched dtypes are refused with the fix."""
+    gen = torch.Generator().manual_seed(8)
+    hidden, weight = torch.randn(2, 6, 16, generator=gen), torch.randn(40, 16, generator=gen) / 4
+    labels = torch.randint(0, 40, (2, 6), generator=gen)
+    want = sbkernels.linear_sequence_losses(hidden.bfloat16(), weight.bfloat16(), labels)
+    assert not torch.equal(want, sbkernels.linear_sequence_losses(hidden, weight, labels))  # bf16 shows
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(sbkernels.linear_sequence_losses(hidden, weight, labels), want)
+        assert torch.equal(sbkernels.linear_sequence_losses(hidden.bfloat16(), weight, labels), want)
+        policy_losses, _ = sbkernels.SB().linear_sequence_losses(hidden, weight, None, labels)
+    assert torch.equal(policy_losses, want)
+    with pytest.raises(ValueError, match="score under the model's autocast"):
+        sbkernels.linear_sequence_losses(hidden.bfloat16(), weight, labels)
