@@ -76,8 +76,16 @@ class SelectiveBackpropModule(L.LightningModule):
         self._accumulated = 0  # backward batches whose gradients wait for the next optimizer step
 
     # ------------------------------------------------------------------------- to override if needed
-    def score(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """``(logits, targets)`` of the scoring pass (called in eval mode under no_grad)."""
+    def score(self, batch: Any) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Any]:
+        """``(logits, targets)`` of the scoring pass (called in eval mode under no_grad), or ``(hidden, labels,
+        lm_head)`` to score a language model from its last hidden states without forming the (B, T, V) logits
+        (:func:`sbkernels.linear_sequence_losses`). For a Hugging Face model held as ``self.model``::
+
+            def score(self, batch):
+                inputs = {key: value for key, value in batch.items() if key != "labels"}
+                hidden = self.model.base_model(**inputs).last_hidden_state
+                return hidden, batch["labels"], self.model.get_output_embeddings()
+        """
         if isinstance(batch, Mapping):
             inputs = {key: value for key, value in batch.items() if key != "labels"}
             return self(**inputs).logits, batch["labels"]
@@ -101,10 +109,13 @@ class SelectiveBackpropModule(L.LightningModule):
         self.eval()
         try:
             with torch.no_grad(), self.trainer.precision_plugin.forward_context():
-                logits, targets = self.score(batch)
+                scored = self.score(batch)
+                lm_head = scored[2] if len(scored) == 3 else None
+                # observe inside the precision context: the LM head is applied as the model applies it
+                sb.observe(scored[0], scored[1], *(batch if isinstance(batch, tuple | list) else (batch,)),
+                           lm_head=lm_head)  # fmt: skip
         finally:
             self.train(training)
-        sb.observe(logits, targets, *(batch if isinstance(batch, tuple | list) else (batch,)))
         for ready in sb.ready_batches():
             self._train_on(ready.data)
         if batch_idx + 1 == self.trainer.num_training_batches:  # the epoch's last loader batch

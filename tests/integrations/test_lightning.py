@@ -144,3 +144,73 @@ def test_scale_factor_scores_on_downsampled_inputs_and_trains_on_full_ones(tmp_p
     trainer(tmp_path, epochs=1, enable_checkpointing=False).fit(module, DataLoader(data, batch_size=16))
     assert (4, 4) in module.seen and (8, 8) in module.seen  # scoring at half size, training at full size
     assert module.seen.count((4, 4)) == 2  # one scoring pass per loader batch
+
+
+class LanguageModel(SelectiveBackpropModule):
+    """A random-init GPT-2 on dict batches padded per batch (the module's language-model defaults), scored
+    from its logits or, through the 3-tuple ``score``, from its hidden states and LM head."""
+
+    def __init__(self, scoring: str) -> None:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        sb = sbkernels.SelectiveBackprop(
+            4, sbkernels.SB(beta=1.0, history_size=32, seed=2), pad_values={"input_ids": 0}
+        )
+        super().__init__(sb)
+        torch.manual_seed(0)
+        config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+        self.model = GPT2LMHeadModel(config)
+        self.scoring = scoring
+        self.trained: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
+
+    def score(self, batch):
+        if self.scoring == "logits":
+            return super().score(batch)
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        return self.model.base_model(**inputs).last_hidden_state, batch["labels"], self.model.get_output_embeddings()
+
+    def backward_loss(self, batch):
+        self.trained.append({key: value.clone() for key, value in batch.items()})
+        return super().backward_loss(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def lm_loader() -> DataLoader:
+    gen = torch.Generator().manual_seed(3)
+    rows = [torch.randint(1, 64, (int(n),), generator=gen) for n in torch.randint(4, 20, (48,), generator=gen)]
+
+    def collate(examples):  # dynamic padding, as DataCollatorForLanguageModeling(mlm=False) does
+        width = max(len(e) for e in examples)
+        ids = torch.zeros(len(examples), width, dtype=torch.int64)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(examples):
+            ids[i, : len(e)], mask[i, : len(e)] = e, 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.where(mask.bool(), ids, -100)}
+
+    return DataLoader(rows, batch_size=8, collate_fn=collate)
+
+
+def test_language_models_train_whole_sequences_scored_from_logits_or_hidden_states(tmp_path):
+    if os.environ.get("CI"):
+        import transformers  # noqa: F401
+    else:
+        pytest.importorskip("transformers")
+    runs = {}
+    for scoring in ("logits", "hidden states"):
+        module = LanguageModel(scoring)
+        trainer(tmp_path / scoring, epochs=2).fit(module, lm_loader())
+        counts = module.selective_backprop.counts
+        assert counts["scored"] == 2 * 48 and 0 < counts["backward"] < counts["scored"]
+        assert sum(b["input_ids"].shape[0] for b in module.trained) == counts["backward"]
+        for batch in module.trained:  # re-padded rows: the pad id where the mask is 0, labels -100 there
+            padding = batch["attention_mask"] == 0
+            assert bool((batch["input_ids"][padding] == 0).all()) and bool((batch["labels"][padding] == -100).all())
+        runs[scoring] = module.trained
+    for a, b in zip(runs["logits"], runs["hidden states"], strict=True):  # the same sequences either way
+        assert torch.equal(a["input_ids"], b["input_ids"])
