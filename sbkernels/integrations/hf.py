@@ -16,6 +16,10 @@ Trainer then does what it always does with the batches it is given, so gradient 
 learning-rate schedule (counted in optimizer steps taken) and logging are the Trainer's own. Evaluation
 uses the evaluation dataloader, untouched: no selection, no change of the selection state.
 
+- The first batch is checked against the model's own loss (``_lm_scoring``): a policy ``shift`` that
+  does not match the model's label alignment (a masked LM needs ``shift=False``) raises; hidden states
+  that do not give the model's losses (a head transform, a logit cap) make ``scoring="auto"`` use the
+  logits, with a warning.
 - Padding: batches of different lengths are re-padded to the longest one the pool holds, ``input_ids``
   with the tokenizer's pad id (``processing_class``, or the collator's ``tokenizer``) unless the
   ``SelectiveBackprop``'s ``pad_values`` names it; ``labels`` with -100 and ``attention_mask`` with 0.
@@ -34,6 +38,7 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -46,6 +51,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("sbkernels.integrations.hf needs transformers: pip install 'sbkernels[hf]'") from error
 
 from ..trainer import SelectiveBackprop
+from ._lm_scoring import HIDDEN_STATE_TOLERANCE, check_label_alignment, hidden_state_error
 
 STATE_FILE = "selective_backprop.pt"
 
@@ -76,6 +82,7 @@ class SelectiveBackpropTrainer(Trainer):
         self.scoring = scoring
         self.position = {"epoch": 0, "batches": 0}  # passes over the data, loader batches scored in this one
         self._train_loader: Any = None  # the Trainer's own training dataloader, inside the wrapper
+        self._hidden_scoring: bool | None = None  # decided on the first batch (_decide_scoring)
         self.add_callback(_SelectionCallback(self))
 
     # ------------------------------------------------------------------------------- the Trainer's hooks
@@ -113,17 +120,44 @@ class SelectiveBackpropTrainer(Trainer):
             with torch.no_grad(), self.accelerator.autocast():
                 labels = batch["labels"]
                 inputs = {key: value for key, value in batch.items() if key != "labels"}
-                head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-                base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-                if self.scoring != "logits" and head is not None and base is not None and base is not model:
-                    hidden = base(**inputs).last_hidden_state
-                    self.selective_backprop.observe(hidden, labels, batch, lm_head=head)
-                elif self.scoring == "hidden":
-                    raise ValueError("scoring='hidden' needs a model with output embeddings and a base model")
+                if self._hidden_scoring is None:
+                    self._hidden_scoring = self._decide_scoring(model, batch)
+                if self._hidden_scoring:
+                    hidden = model.base_model(**inputs).last_hidden_state
+                    self.selective_backprop.observe(hidden, labels, batch, lm_head=model.get_output_embeddings())
                 else:
                     self.selective_backprop.observe(model(**inputs).logits, labels, batch)
         finally:
             model.train(training)
+
+    def _decide_scoring(self, model: Any, batch: dict[str, Any]) -> bool:
+        """Whether to score from the hidden states, checked on the first batch against the model's own loss
+        and logits (:mod:`._lm_scoring`): a wrong ``shift`` raises; hidden states that do not give the
+        model's losses raise with ``scoring="hidden"`` and fall back to the logits with ``"auto"``."""
+        out = model(**batch)  # with the labels: the model's own loss
+        labels, policy = batch["labels"], self.selective_backprop.policy
+        check_label_alignment(getattr(out, "loss", None), out.logits, labels, policy)
+        if self.scoring == "logits":
+            return False
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        base = getattr(model, "base_model", None)
+        if head is None or base is None or base is model:
+            if self.scoring == "hidden":
+                raise ValueError("scoring='hidden' needs a model with output embeddings and a base model")
+            return False
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        error = hidden_state_error(out.logits, base(**inputs).last_hidden_state, head, labels, policy)
+        if error <= HIDDEN_STATE_TOLERANCE:
+            return True
+        message = (
+            f"the losses from the last hidden states and the output embeddings differ from the model's own by "
+            f"{error:.3g} (> {HIDDEN_STATE_TOLERANCE}): its logits are not last_hidden_state @ weight.T (a head "
+            "transform, a logit scale or cap)"
+        )
+        if self.scoring == "hidden":
+            raise ValueError(message + "; use scoring='logits'")
+        warnings.warn(message + "; scoring from the logits instead", stacklevel=3)
+        return False
 
     def _default_input_ids_pad(self, fields: Iterable[object]) -> None:
         """Re-pad ``input_ids`` with the tokenizer's pad id (``processing_class``, or the collator's tokenizer)

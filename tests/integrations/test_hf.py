@@ -201,3 +201,44 @@ def test_the_tokenizer_pads_input_ids_when_pad_values_does_not(tmp_path):
 
     with pytest.raises(ValueError, match="pad_values"):
         trainer(4, bare).train()
+
+
+def masked_lm_trainer(tmp_path, policy, scoring="auto"):
+    """A random-init BERT masked LM: labels at their own positions (no shift), a head that transforms the
+    hidden states before the output embeddings."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
+
+    def masked(examples):
+        batch = collate(examples)
+        keep = torch.rand(batch["labels"].shape, generator=torch.Generator().manual_seed(len(examples))) < 0.3
+        batch["labels"] = torch.where(keep & batch["attention_mask"].bool(), batch["input_ids"], -100)
+        return batch
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
+                             use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
+    sb = sbkernels.SelectiveBackprop(4, policy, pad_values={"input_ids": PAD})
+    return Recording(model=BertForMaskedLM(config), args=args, train_dataset=sequences(40, 0), data_collator=masked,
+                     selective_backprop=sb, scoring=scoring)  # fmt: skip
+
+
+def test_the_scoring_pass_is_checked_against_the_models_own_loss(tmp_path):
+    """On its first batch the trainer compares its losses with the model's. A masked LM under the causal
+    shift is refused with the fix; with shift=False its head's transform makes the hidden-state route
+    wrong, so "auto" scores from the logits (with a warning) and "hidden" refuses. Control: a causal GPT-2
+    passes both checks and is scored from its hidden states."""
+    with pytest.raises(ValueError, match=r"shift=False"):
+        masked_lm_trainer(tmp_path / "a", sbkernels.SB(beta=1.0, history_size=32)).train()
+    with pytest.warns(UserWarning, match="scoring from the logits instead"):
+        trainer = masked_lm_trainer(tmp_path / "b", sbkernels.SB(beta=1.0, history_size=32, shift=False))
+        trainer.train()
+    assert trainer._hidden_scoring is False and trainer.state.global_step == 2
+    with pytest.raises(ValueError, match="use scoring='logits'"):
+        masked_lm_trainer(tmp_path / "c", sbkernels.SB(shift=False), scoring="hidden").train()
+    causal = make_trainer(tmp_path / "d", max_steps=1)
+    causal.train()
+    assert causal._hidden_scoring is True
