@@ -107,24 +107,35 @@ def linear_sequence_losses(
     hidden_rows = hidden.reshape(tokens, width)
     for start in range(0, tokens, rows):
         stop = min(start + rows, tokens)
-        stats = None
-        for first in range(0, vocab, columns):
-            last = min(first + columns, vocab)
-            tile = buffer[: (stop - start) * (last - first)].view(stop - start, last - first)
-            head = weight[first:last].t()
-            if bias is None:
-                torch.mm(hidden_rows[start:stop], head, out=tile)  # in hidden's dtype, as the model's logits
-            else:
-                torch.addmm(bias[first:last], hidden_rows[start:stop], head, out=tile)
-            tile_stat = tile_stats(
-                logits=tile, labels=targets[start:stop], column_offset=first, logit_sums=label_smoothing > 0
-            )
-            stats = tile_stat if stats is None else _combine(stats, tile_stat)
-        assert stats is not None  # vocab >= 1
+        stats = _row_stats(
+            tile_stats, hidden_rows[start:stop], weight, bias, targets[start:stop], buffer, columns,
+            logit_sums=label_smoothing > 0,
+        )  # fmt: skip
         token_loss[start:stop] = loss_from_stats(
             stats[0], stats[1], stats[2], targets[start:stop], vocab, ignore_index, label_smoothing
         )[0]
     return _sequences(token_loss.view(batch, length), labels, shift, vocab, ignore_index, reduction)
+
+
+def _row_stats(
+    tile_stats: Callable[..., Tensor], hidden_rows: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+    buffer: Tensor, columns: int, logit_sums: bool,
+) -> Tensor:  # fmt: skip
+    """The (3, rows) statistics of these rows' logits over the whole vocabulary, ``columns`` at a time."""
+    rows, vocab = hidden_rows.shape[0], weight.shape[0]
+    stats = None
+    for first in range(0, vocab, columns):
+        last = min(first + columns, vocab)
+        tile = buffer[: rows * (last - first)].view(rows, last - first)
+        head = weight[first:last].t()
+        if bias is None:
+            torch.mm(hidden_rows, head, out=tile)  # in hidden's dtype, as the model's logits
+        else:
+            torch.addmm(bias[first:last], hidden_rows, head, out=tile)
+        tile_stat = tile_stats(logits=tile, labels=targets, column_offset=first, logit_sums=logit_sums)
+        stats = tile_stat if stats is None else _combine(stats, tile_stat)
+    assert stats is not None  # vocab >= 1
+    return stats
 
 
 def _combine(stats: Tensor, tile: Tensor) -> Tensor:
