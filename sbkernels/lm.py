@@ -18,6 +18,8 @@ states).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -94,13 +96,16 @@ def linear_sequence_losses(
 
 def autocast_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """The hidden states and the LM head as the head's ``F.linear`` sees them: under autocast on the hidden
-    states' device, all cast to its dtype (so the logits are formed in the precision the model's own would
-    be), else unchanged."""
+    states' device, the tensors cast to its dtype (so the logits are formed in the precision the model's own
+    would be), else unchanged. Anything that is not a tensor passes as it is, for the checks to name."""
     if not isinstance(hidden, Tensor) or not torch.is_autocast_enabled(hidden.device.type):
-        return hidden, weight, bias  # (anything not a tensor is refused by the checks that follow)
+        return hidden, weight, bias
     dtype = torch.get_autocast_dtype(hidden.device.type)
-    cast = [None if t is None or not isinstance(t, Tensor) else t.to(dtype) for t in (hidden, weight, bias)]
-    return cast[0], cast[1], cast[2]  # type: ignore[return-value]
+
+    def cast(t: Any) -> Any:
+        return t.to(dtype) if isinstance(t, Tensor) else t
+
+    return cast(hidden), cast(weight), cast(bias)
 
 
 def lm_head_parameters(lm_head: nn.Module | Tensor) -> tuple[Tensor, Tensor | None]:

@@ -39,13 +39,14 @@ def check_label_alignment(model_loss: Tensor | None, logits: Tensor, labels: Ten
         return
     target = float(model_loss)
     shift, ignore_index = policy.shift, policy.ignore_index
-    mine, other = (_token_mean(logits, labels, s, ignore_index) for s in (shift, not shift))
 
     def close(value: float) -> bool:
         return abs(value - target) <= 1e-3 + 1e-2 * abs(target)
 
+    mine = _token_mean(logits, labels, shift, ignore_index)
     if close(mine):
         return
+    other = _token_mean(logits, labels, not shift, ignore_index)  # only on a mismatch: which one is it?
     if close(other):
         raise ValueError(
             f"the model's own loss ({target:.4f}) is the cross-entropy of its logits with shift={not shift} "

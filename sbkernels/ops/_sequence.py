@@ -34,11 +34,6 @@ TokenKernel = Callable[..., Tensor]
 TILE_BYTES = 8 * 2**20
 
 
-def _scored_labels(labels: Tensor, shift: bool, scored: int) -> Tensor:
-    offset = 1 if shift else 0
-    return labels[:, offset : offset + scored]
-
-
 def _position_targets(labels: Tensor, shift: bool, ignore_index: int) -> Tensor:
     """(B, T) target of every position: with the shift, position t's is label t + 1 and the last position
     has none (``ignore_index``), so all B * T positions form one flat grid of rows."""
@@ -55,9 +50,7 @@ def sequence_losses(
     token_loss = token_losses(
         logits=logits, labels=labels, shift=shift, ignore_index=ignore_index, label_smoothing=label_smoothing
     )
-    scored_labels = _scored_labels(labels, shift, token_loss.shape[1])
-    loss, ignored, bad = reduce_sequences(token_loss, scored_labels, logits.shape[2], ignore_index, reduction)
-    return loss, row_flags(ignored, bad)
+    return _sequences(token_loss, labels, shift, logits.shape[2], ignore_index, reduction)
 
 
 def fused_linear_sequence_losses(
@@ -74,7 +67,8 @@ def fused_linear_sequence_losses(
         hidden=hidden.reshape(batch * length, width), weight=weight, bias=bias, labels=targets.reshape(-1),
         ignore_index=ignore_index, label_smoothing=label_smoothing,
     )  # fmt: skip
-    return _sequences(token_loss.view(batch, length), labels, shift, weight.shape[0], ignore_index, reduction)
+    return _sequences(_scored(token_loss.view(batch, length), shift), labels, shift, weight.shape[0], ignore_index,
+                      reduction)  # fmt: skip
 
 
 def tile_shape(tokens: int, vocab: int, elements: int) -> tuple[int, int]:
@@ -114,7 +108,7 @@ def linear_sequence_losses(
         token_loss[start:stop] = loss_from_stats(
             stats[0], stats[1], stats[2], targets[start:stop], vocab, ignore_index, label_smoothing
         )[0]
-    return _sequences(token_loss.view(batch, length), labels, shift, vocab, ignore_index, reduction)
+    return _sequences(_scored(token_loss.view(batch, length), shift), labels, shift, vocab, ignore_index, reduction)
 
 
 def _row_stats(
@@ -143,13 +137,17 @@ def _combine(stats: Tensor, tile: Tensor) -> Tensor:
     return torch.cat([torch.logaddexp(stats[:1], tile[:1]), stats[1:] + tile[1:]])
 
 
+def _scored(position_loss: Tensor, shift: bool) -> Tensor:
+    """The (B, T') scored token losses of the linear forms' (B, T) losses of every position: under the
+    shift the last position has no label."""
+    return position_loss[:, :-1] if shift else position_loss
+
+
 def _sequences(
     token_loss: Tensor, labels: Tensor, shift: bool, vocab: int, ignore_index: int, reduction: str
 ) -> tuple[Tensor, Tensor]:
-    """``(loss, flags)`` per sequence from the (B, T) losses of every position (the last one unscored under
-    the shift)."""
-    scored = token_loss.shape[1] - 1 if shift else token_loss.shape[1]
-    loss, ignored, bad = reduce_sequences(
-        token_loss[:, :scored], _scored_labels(labels, shift, scored), vocab, ignore_index, reduction
-    )
+    """``(loss, flags)`` per sequence from its (B, T') scored token losses and the (B, T) labels."""
+    offset = 1 if shift else 0
+    scored_labels = labels[:, offset : offset + token_loss.shape[1]]
+    loss, ignored, bad = reduce_sequences(token_loss, scored_labels, vocab, ignore_index, reduction)
     return loss, row_flags(ignored, bad)
