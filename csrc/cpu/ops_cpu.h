@@ -9,8 +9,10 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "../slots.h"
+#include "scratch_cpu.h"
 
 namespace sbkernels::cpu {
 
@@ -19,6 +21,33 @@ constexpr int64_t kElementsPerTask = 1 << 15;  // below this much work a loop ru
 // Rows per parallel task: enough logits per task that small batches stay on one thread.
 inline int64_t row_grain(int64_t num_classes) {
   return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(num_classes, 1));
+}
+
+// (N,) targets as int64 values and their stride in elements: int64 targets as they are, int32 ones widened
+// into this thread's scratch.
+inline std::pair<const int64_t*, int64_t> targets_int64(const at::Tensor& targets) {
+  if (targets.scalar_type() == at::kLong) return {targets.const_data_ptr<int64_t>(), targets.stride(0)};
+  TORCH_CHECK(targets.scalar_type() == at::kInt, "sbkernels CPU kernels take int64 or int32 targets, got ",
+              targets.scalar_type());
+  const int64_t n = targets.size(0), stride = targets.stride(0);
+  const int32_t* given = targets.const_data_ptr<int32_t>();
+  int64_t* wide = scratch<int64_t, Scratch::kTargets>(n);
+  for (int64_t i = 0; i < n; ++i) wide[i] = given[i * stride];
+  return {wide, 1};
+}
+
+// run(static_cast<const T*>(nullptr)) with T the element type of logits of this dtype: float, BFloat16 or
+// Half (the ops check the dtype first; anything else raises here too).
+template <typename Run>
+void visit_logits_dtype(at::ScalarType dtype, Run&& run) {
+  switch (dtype) {
+    case at::kFloat: return run(static_cast<const float*>(nullptr));
+    case at::kBFloat16: return run(static_cast<const c10::BFloat16*>(nullptr));
+    case at::kHalf: return run(static_cast<const c10::Half*>(nullptr));
+    default:
+      TORCH_CHECK(false, "sbkernels CPU kernels take float32, bfloat16 or float16 logits, got ", dtype,
+                  "; cast the logits with .float()");
+  }
 }
 
 // Per row: loss, importance score ||softmax - onehot||_2 and the Philox uniform tl.rand(seed, (step << 32) +

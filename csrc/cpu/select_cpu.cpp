@@ -89,19 +89,6 @@ void row_block_dispatch(Isa isa, const RowArgs<T>& a, int64_t begin, int64_t end
   run_for_isa<RowBlock<OUT>>(isa, &a, begin, end);
 }
 
-// (N,) targets as int64 values and their stride in elements: int64 targets as they are, int32 ones widened
-// into this thread's scratch.
-std::pair<const int64_t*, int64_t> targets_int64(const at::Tensor& targets) {
-  if (targets.scalar_type() == at::kLong) return {targets.const_data_ptr<int64_t>(), targets.stride(0)};
-  TORCH_CHECK(targets.scalar_type() == at::kInt, "sbkernels CPU kernels take int64 or int32 targets, got ",
-              targets.scalar_type());
-  const int64_t n = targets.size(0), stride = targets.stride(0);
-  const int32_t* given = targets.const_data_ptr<int32_t>();
-  int64_t* wide = scratch<int64_t, Scratch::kTargets>(n);
-  for (int64_t i = 0; i < n; ++i) wide[i] = given[i * stride];
-  return {wide, 1};
-}
-
 // Loss, flags and (per OUT) score or residuals of every row of the logits, rows in parallel.
 template <RowOutput OUT>
 void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ignore_index, float label_smoothing,
@@ -130,14 +117,7 @@ void logits_rows(const at::Tensor& logits, const at::Tensor& targets, int64_t ig
     at::parallel_for(0, n, row_grain(num_classes),
                      [&](int64_t begin, int64_t end) { row_block_dispatch<OUT>(isa, args, begin, end); });
   };
-  switch (logits.scalar_type()) {
-    case at::kFloat: return run(static_cast<const float*>(nullptr));
-    case at::kBFloat16: return run(static_cast<const c10::BFloat16*>(nullptr));
-    case at::kHalf: return run(static_cast<const c10::Half*>(nullptr));
-    default:
-      TORCH_CHECK(false, "sbkernels CPU kernels take float32, bfloat16 or float16 logits, got ", logits.scalar_type(),
-                  "; cast the logits with .float()");
-  }
+  visit_logits_dtype(logits.scalar_type(), run);
 }
 
 // The loss per row from logits + targets, or from given losses (a float32 copy); `flags` points to the

@@ -27,6 +27,7 @@ struct TileArgs {
   const T* logits;
   int64_t stride;  // elements between rows
   const int64_t* labels;
+  int64_t label_stride;
   int64_t columns;
   int64_t column_offset;
   bool logit_sums;
@@ -45,7 +46,8 @@ struct TileRows {
       a.lse[i] = row_sums<W, false>(row, a.columns, -1, next_row).lse;
       // Unsigned arithmetic: a label below the offset (or an ignored, negative one) wraps above the width,
       // and no label (INT64_MIN included) overflows.
-      const uint64_t column = static_cast<uint64_t>(a.labels[i]) - static_cast<uint64_t>(a.column_offset);
+      const uint64_t column =
+          static_cast<uint64_t>(a.labels[i * a.label_stride]) - static_cast<uint64_t>(a.column_offset);
       a.label_logit[i] = column < static_cast<uint64_t>(a.columns) ? to_float(row[column]) : 0.0f;
       a.logit_sum[i] = a.logit_sums ? row_sum<W>(row, a.columns) : 0.0f;
     }
@@ -67,7 +69,7 @@ at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, in
   const int64_t n = check_logits_targets(logits, labels, op);  // (N, C >= 1), unit column stride, the dtypes
   TORCH_CHECK(column_offset >= 0 && column_offset <= (int64_t{1} << 40), op,
               ": column_offset must be in [0, 2**40], got ", column_offset);
-  const at::Tensor wide = labels.to(at::kLong).contiguous();  // N labels: a copy costs nothing next to N * C
+  const auto [label_data, label_stride] = targets_int64(labels);
   at::Tensor stats = at::empty({3, n}, logits.options().dtype(at::kFloat));
   float* out = stats.data_ptr<float>();
   const Isa isa = active_isa();
@@ -76,7 +78,8 @@ at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, in
     using T = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
     const TileArgs<T> args{logits.const_data_ptr<T>(),
                            logits.stride(0),
-                           wide.const_data_ptr<int64_t>(),
+                           label_data,
+                           label_stride,
                            columns,
                            column_offset,
                            logit_sums,
@@ -86,12 +89,7 @@ at::Tensor tile_stats_cpu(const at::Tensor& logits, const at::Tensor& labels, in
     at::parallel_for(0, n, row_grain(columns),
                      [&](int64_t begin, int64_t end) { tile_rows_dispatch(isa, args, begin, end); });
   };
-  switch (logits.scalar_type()) {
-    case at::kFloat: run(static_cast<const float*>(nullptr)); break;
-    case at::kBFloat16: run(static_cast<const c10::BFloat16*>(nullptr)); break;
-    case at::kHalf: run(static_cast<const c10::Half*>(nullptr)); break;
-    default: TORCH_CHECK(false, op, ": logits must be float32, bfloat16 or float16, got ", logits.scalar_type());
-  }
+  visit_logits_dtype(logits.scalar_type(), run);
   return stats;
 }
 
