@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make asan: the extension built with AddressSanitizer + UBSan in its own folder (build/asan), and the native,
-# gather, state, pool, hardening and fuzz tests run against it. Then the negative control: the same build with
+# gather, state, pool, hardening, layout and fuzz tests run against it. Then the negative control: the same build with
 # one check deliberately removed (build/asan-control) must make the fuzz harness report that case.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,8 @@ build_tree build/asan
 echo "asan: built build/asan; running the tests under AddressSanitizer + UBSan"
 (cd build/asan && LD_PRELOAD="$preload" SBKERNELS_SANITIZED=1 TRITON_INTERPRET=1 $PYTHON -m pytest -q -p no:cacheprovider \
   tests/ops/test_native.py tests/ops/test_gather.py tests/pool/test_pool.py tests/test_hardening.py tests/ops/test_fuzz.py \
-  tests/ops/test_large_offsets.py tests/ops/test_sequences.py tests/ops/test_tile_stats.py tests/pool/test_padding.py)
+  tests/ops/test_large_offsets.py tests/ops/test_sequences.py tests/ops/test_tile_stats.py tests/pool/test_padding.py \
+  tests/ops/test_layouts.py tests/test_hardening_inputs.py)
 
 # Negative control: select_sb_cpu without its meta check writes before history[0] on a negative `pushed`;
 # the fuzz harness, run against that build, must report the case (ASan aborts it).

@@ -220,10 +220,15 @@ def valid_flags(valid: object, source: torch.Tensor, targets: torch.Tensor | Non
         return None
     if targets is not None:
         _fail("valid= marks rows of given losses; with logits, mark rows by ignore_index")
-    n = source.shape[0]
+    return with_valid(torch.zeros(source.shape[0], dtype=torch.int8, device=source.device), valid, "losses")
+
+
+def with_valid(flags: torch.Tensor, valid: object, what: str) -> torch.Tensor:
+    """``flags`` with every row that the caller's (N,) bool mask ``valid`` leaves out marked ignored (no sync)."""
+    n = flags.shape[0]
     if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != (n,):
-        _fail(f"valid must be a bool tensor of shape ({n},), got {_describe(valid)}")
+        _fail(f"valid must be a bool tensor of shape ({n},) (one entry per row of the {what}), got {_describe(valid)}")
     assert isinstance(valid, torch.Tensor)
-    if valid.device != source.device:
-        _fail(f"valid is on {valid.device} but the losses are on {source.device}")
-    return (~valid).to(torch.int8) * ROW_IGNORED
+    if valid.device != flags.device:
+        _fail(f"valid is on {valid.device} but the {what} are on {flags.device}")
+    return flags.masked_fill(~valid, ROW_IGNORED)

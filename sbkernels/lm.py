@@ -98,7 +98,7 @@ def autocast_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[
     """The hidden states and the LM head as the head's ``F.linear`` sees them: under autocast on the hidden
     states' device, the tensors cast to its dtype (so the logits are formed in the precision the model's own
     would be), else unchanged. Anything that is not a tensor passes as it is, for the checks to name."""
-    if not isinstance(hidden, Tensor) or not torch.is_autocast_enabled(hidden.device.type):
+    if not isinstance(hidden, Tensor) or not _autocast_enabled(hidden.device):
         return hidden, weight, bias
     dtype = torch.get_autocast_dtype(hidden.device.type)
 
@@ -106,6 +106,15 @@ def autocast_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[
         return t.to(dtype) if isinstance(t, Tensor) else t
 
     return cast(hidden), cast(weight), cast(bias)
+
+
+def _autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``; a device type with no autocast (``meta``) has it off, so that the
+    argument checks, not the autocast query, say what is wrong with such tensors."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return False
 
 
 def lm_head_parameters(lm_head: nn.Module | Tensor) -> tuple[Tensor, Tensor | None]:

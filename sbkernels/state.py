@@ -12,9 +12,13 @@ ask the host for anything:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+
+from ._exclusive import ExclusiveUse
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -32,6 +36,7 @@ from .slots import (
 )
 
 _STATE_DICT_VERSION = 1
+_Call = TypeVar("_Call", bound=Callable[..., Any])
 
 
 class SelectorState:
@@ -61,6 +66,9 @@ class SelectorState:
         self.meta.narrow(0, META_SEED, 1).fill_(seed)
         self.process_group = process_group
         self.warned_short_history = False  # the policies warn once when one call's rows outnumber R
+        #: held by every call that advances the state (:func:`advances_state`): two threads drawing with one
+        #: state would reuse Philox steps and interleave the history, so the second raises instead.
+        self.exclusive = ExclusiveUse("SelectorState")
 
     # Views into ``meta``: reading them never synchronizes; ``int(state.pushed)`` does.
     @property
@@ -132,7 +140,8 @@ class SelectorState:
 def check_saved_state(state_dict: Any, history_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(history, meta)`` of a saved state for a state of ``history_size``, or ValueError naming what no run
     could have produced (see :meth:`SelectorState.load_state_dict`). Synchronizes."""
-    if not isinstance(state_dict, dict) or state_dict.get("version") != _STATE_DICT_VERSION:
+    version = state_dict.get("version") if isinstance(state_dict, dict) else None
+    if type(version) is not int or version != _STATE_DICT_VERSION:  # True == 1, but no run saves True
         version = state_dict.get("version") if isinstance(state_dict, dict) else type(state_dict).__name__
         raise ValueError(f"unsupported SelectorState state_dict version {version!r}")
     history, meta = state_dict.get("history"), state_dict.get("meta")
@@ -157,3 +166,22 @@ def _check_saved_tensor(
     if tuple(value.shape) != shape:
         raise ValueError(f"{what} mismatch: saved {name} has shape {tuple(value.shape)}, this state {shape}")
     return value
+
+
+def advances_state(position: int) -> Callable[[_Call], _Call]:
+    """Decorate a function that advances its :class:`SelectorState` argument (at ``position``, or ``state=``):
+    the call holds the state's :attr:`~SelectorState.exclusive` guard, so a second thread raises."""
+
+    def decorate(function: _Call) -> _Call:
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            state = args[position] if len(args) > position else kwargs.get("state")
+            # Not a state: the function's own check names it. Compiling: a traced graph takes no Python lock.
+            if not isinstance(state, SelectorState) or torch.compiler.is_compiling():
+                return function(*args, **kwargs)
+            with state.exclusive(function.__name__):
+                return function(*args, **kwargs)
+
+        return guarded  # type: ignore[return-value]
+
+    return decorate

@@ -37,15 +37,17 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from ._exclusive import ExclusiveUse
 from .distributed import check_same_batch_size
 from .distributed._coordinator import StepCoordinator
 from .lm import lm_head_parameters
 from .policies import SB, Policy
 from .pool._batch_spec import BackwardBatch, BatchSpec, PadValues
-from .pool._pool import ExclusiveUse, SelectionPool, checked_pool_state
+from .pool._pool import SelectionPool, checked_pool_state
 from .pool._row_count import EventReadback, ReadbackFactory
 from .schedule import Schedule, StaleSB
 from .selection import Selection
+from .slots import MAX_COUNTER
 from .state import SelectorState
 
 
@@ -96,18 +98,28 @@ class SelectiveBackprop:
         self.pad_values = pad_values
         self.pool = SelectionPool(batch_size, capacity, readback)
         self._exclusive = ExclusiveUse("SelectiveBackprop")
-        self.coordinator = None
+        self.readback, self.lag = readback, lag
+        self.coordinator: StepCoordinator | None = None
         if process_group is not None:
-            if self.policy.state is not None and self.policy.state.process_group is not process_group:
-                raise ValueError("the policy's state belongs to another process group than process_group")
-            self.policy.process_group = process_group
-            self.coordinator = StepCoordinator(process_group, batch_size, lag, readback)
+            self.use_process_group(process_group)
         self.spec: BatchSpec | None = None
         self.step = 0  # observe calls so far
         self.epoch = 0
         self.batch_in_epoch = 0  # observe calls since start_epoch
         #: examples seen by observe, scored by a forward pass, and handed to the backward pass
         self.counts = {"observed": 0, "scored": 0, "backward": 0}
+
+    def use_process_group(self, process_group) -> None:
+        """Select globally across the ranks of ``process_group`` from now on (see ``process_group`` above):
+        what a framework integration calls once its strategy has made the group, before the first batch."""
+        if self.coordinator is not None and self.coordinator.group is process_group:
+            return
+        if self.coordinator is not None or getattr(self, "spec", None) is not None:
+            raise ValueError("use_process_group must come before the first observe, and only once")
+        if self.policy.state is not None and self.policy.state.process_group is not process_group:
+            raise ValueError("the policy's state belongs to another process group than process_group")
+        self.policy.process_group = process_group
+        self.coordinator = StepCoordinator(process_group, self.batch_size, self.lag, self.readback)
 
     @property
     def state(self) -> SelectorState | None:
@@ -165,8 +177,15 @@ class SelectiveBackprop:
             self.spec = dataclasses.replace(self.spec, mapping=type(batch[0]))  # a resumed run: not saved
         assert self.spec is not None
         spec = self.spec
-        tensors = spec.tensors(batch)
-        n, device = tensors[0].shape[0], tensors[0].device
+        try:  # everything the pool would refuse, before the policy advances its state
+            tensors = spec.tensors(batch, every_field=self.fields is None)
+            n, device = tensors[0].shape[0], tensors[0].device
+            stand_in = torch.empty(n, device=device) if spec.with_weight else None  # the weights come later
+            self.pool.check_push(n, spec.flatten(tensors, sample_ids, stand_in))
+        except Exception:
+            if first:  # the batch that was refused is not the layout to expect
+                self.spec = None
+            raise
         if first and self.coordinator is not None:  # one synchronous check: every rank passes the same N
             check_same_batch_size(n, self.coordinator.group, device)
             if self.coordinator.readback is None and device.type == "cuda":
@@ -195,7 +214,7 @@ class SelectiveBackprop:
         weight = None
         if self.policy.weighted:  # full-batch steps carry weight 1: every push has the same tensors
             weight = selection.weight if selection.weight is not None else torch.ones(n, device=device)
-        self.pool.push(selection, *spec.flatten(batch, sample_ids, weight))
+        self.pool.push_checked(selection, spec.flatten(tensors, sample_ids, weight))
         if self.coordinator is not None:
             self.coordinator.pushed(self.pool.rows_gathered())
         self.step += 1
@@ -269,6 +288,9 @@ class SelectiveBackprop:
         """Restore a checkpoint; refuses what no run could have saved (SPEC section 11), checking the plain
         fields and the pool's rows before anything is changed."""
         _check_saved_run(state_dict)
+        for name, mine in (("stale", self.stale), ("coordinator", self.coordinator)):
+            if (state_dict[name] is None) != (mine is None):
+                raise ValueError(_MISMATCHED_RUN[name][mine is None])
         checked_pool_state(state_dict["pool"], self.pool.batch_size)
         spec = state_dict["spec"]
         if spec is not None:  # first: the pool learns its tensors' names and pad values before its rows
@@ -326,6 +348,20 @@ class SelectiveBackprop:
         return batch._replace(weight=weight)
 
 
+#: Why a checkpoint of another kind of run is refused: by field, then by whether this run lacks it.
+_MISMATCHED_RUN = {
+    "stale": {
+        True: "the checkpoint was saved by a run with Stale-SB: pass the same stale=StaleSB(...) to resume it",
+        False: "the checkpoint was saved without Stale-SB, which this run uses: its loss cache cannot be restored",
+    },
+    "coordinator": {
+        True: "the checkpoint was saved under a process group (DDP), this run has none: resume it with the same "
+        "world size",
+        False: "the checkpoint was saved by one process, this run has a process group: resume it in one process",
+    },
+}
+
+
 def _plain_spec(spec: BatchSpec) -> dict[str, Any]:
     """The spec as plain data; the batch's mapping type is not saved (a checkpoint names no Python types)."""
     return {key: value for key, value in dataclasses.asdict(spec).items() if key != "mapping"}
@@ -342,23 +378,30 @@ def _check_saved_run(state_dict: Any) -> None:
     plain = [("step", state_dict["step"]), ("epoch", state_dict["epoch"]), *counts.items()]
     plain.append(("batch_in_epoch", state_dict.get("batch_in_epoch", 0)))
     for name, value in plain:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"corrupted SelectiveBackprop state: {name} must be an int >= 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNTER:
+            raise ValueError(f"corrupted SelectiveBackprop state: {name} must be an int in [0, 2**62], got {value!r}")
+    for name in ("stale", "coordinator"):
+        if state_dict[name] is not None and not isinstance(state_dict[name], dict):
+            raise ValueError(f"corrupted SelectiveBackprop state: {name} must be None or a dict")
     spec = state_dict["spec"]
+    rows = state_dict["pool"].get("rows") if isinstance(state_dict["pool"], dict) else None
     if spec is None:
+        if rows is not None:
+            raise ValueError("corrupted SelectiveBackprop state: the pool holds rows but there is no batch spec")
         return
     fields = {"keys", "size", "with_ids", "with_weight"}
     if not isinstance(spec, dict) or set(spec) != fields:
         raise ValueError(f"corrupted SelectiveBackprop state: spec must hold {sorted(fields)}")
     keys_ok = spec["keys"] is None or (
-        isinstance(spec["keys"], (list, tuple)) and all(isinstance(k, str) for k in spec["keys"])
+        isinstance(spec["keys"], (list, tuple))
+        and all(isinstance(k, str) for k in spec["keys"])
+        and len(set(spec["keys"])) == len(spec["keys"])  # a repeated name would overwrite a field
     )
     size_ok = isinstance(spec["size"], int) and spec["size"] >= 1
     if spec["keys"] is not None and keys_ok:
         size_ok = size_ok and spec["size"] == len(spec["keys"])
     if not (keys_ok and size_ok and isinstance(spec["with_ids"], bool) and isinstance(spec["with_weight"], bool)):
         raise ValueError(f"corrupted SelectiveBackprop state: malformed batch spec {spec!r:.120}")
-    rows = state_dict["pool"].get("rows") if isinstance(state_dict["pool"], dict) else None
     travelling = spec["size"] + spec["with_ids"] + spec["with_weight"]
     if rows is not None and len(rows) != travelling:
         raise ValueError(

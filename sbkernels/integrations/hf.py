@@ -37,6 +37,7 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -51,6 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError("sbkernels.integrations.hf needs transformers: pip install 'sbkernels[hf]'") from error
 
 from ..trainer import SelectiveBackprop
+from ._engine import SelectionEngine
 from ._lm_scoring import HIDDEN_STATE_TOLERANCE, check_label_alignment, hidden_state_error
 
 STATE_FILE = "selective_backprop.pt"
@@ -69,8 +71,7 @@ class SelectiveBackpropTrainer(Trainer):
 
     def __init__(self, *args: Any, selective_backprop: SelectiveBackprop, scoring: str = "auto", **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if not isinstance(selective_backprop, SelectiveBackprop):
-            raise TypeError(f"selective_backprop must be a sbkernels.SelectiveBackprop, got {selective_backprop!r}")
+        self.engine = SelectionEngine(selective_backprop)  # the selection, the position, the checkpoint entry
         if self.args.max_steps is None or self.args.max_steps <= 0:
             raise ValueError(
                 "SelectiveBackpropTrainer needs TrainingArguments(max_steps=...): the optimizer steps of an epoch "
@@ -80,10 +81,14 @@ class SelectiveBackpropTrainer(Trainer):
             raise ValueError(f"scoring must be 'auto', 'hidden' or 'logits', got {scoring!r}")
         self.selective_backprop = selective_backprop
         self.scoring = scoring
-        self.position = {"epoch": 0, "batches": 0}  # passes over the data, loader batches scored in this one
         self._train_loader: Any = None  # the Trainer's own training dataloader, inside the wrapper
-        self._hidden_scoring: bool | None = None  # decided on the first batch (_decide_scoring)
+        self._hidden_scoring: bool | None = None  # decided on the first batch with a valid token (_decide_scoring)
         self.add_callback(_SelectionCallback(self))
+
+    @property
+    def position(self) -> dict[str, int]:
+        """Passes over the training data (``epoch``) and loader batches scored in this one (``batches``)."""
+        return self.engine.position
 
     # ------------------------------------------------------------------------------- the Trainer's hooks
     def get_train_dataloader(self):
@@ -120,9 +125,9 @@ class SelectiveBackpropTrainer(Trainer):
             with torch.no_grad(), self.accelerator.autocast():
                 labels = batch["labels"]
                 inputs = {key: value for key, value in batch.items() if key != "labels"}
-                if self._hidden_scoring is None:
+                if self._hidden_scoring is None and _has_valid_tokens(labels, self.selective_backprop.policy):
                     self._hidden_scoring = self._decide_scoring(model, batch)
-                if self._hidden_scoring:
+                if self._hidden_scoring:  # None (no batch with a valid token yet): from the logits
                     hidden = model.base_model(**inputs).last_hidden_state
                     self.selective_backprop.observe(hidden, labels, batch, lm_head=model.get_output_embeddings())
                 else:
@@ -179,22 +184,14 @@ class SelectiveBackpropTrainer(Trainer):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{checkpoint} has no {STATE_FILE}: it was not saved by SelectiveBackpropTrainer")
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(saved, dict) or set(saved) != {"selective_backprop", "position"}:
-            raise ValueError(f"corrupted {path}: need a dict with 'selective_backprop' and 'position'")
-        position = saved["position"]
-        if not isinstance(position, dict) or set(position) != {"epoch", "batches"} or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in position.values()
-        ):  # fmt: skip
-            raise ValueError(f"corrupted {path}: position must hold epoch and batches as ints >= 0")
-        spec = saved["selective_backprop"].get("spec") if isinstance(saved["selective_backprop"], dict) else None
-        if isinstance(spec, dict) and isinstance(spec.get("keys"), (list, tuple)):  # else refused just below
+        state = saved.get("selective_backprop") if isinstance(saved, dict) else None
+        spec = state.get("spec") if isinstance(state, dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("keys"), (list, tuple)):  # else refused by the load
             self._default_input_ids_pad(spec["keys"])
-        self.selective_backprop.load_state_dict(_to_device(saved["selective_backprop"], self.args.device))
-        self.position = dict(position)
+        self.engine.load_state_dict(saved, self.args.device, where=path)
 
     def save_selection(self, checkpoint: str) -> None:
-        state = {"selective_backprop": self.selective_backprop.state_dict(), "position": dict(self.position)}
-        torch.save(state, os.path.join(checkpoint, STATE_FILE))
+        torch.save(self.engine.state_dict(), os.path.join(checkpoint, STATE_FILE))
 
     def selection_logs(self) -> dict[str, float]:
         counts = self.selective_backprop.counts
@@ -220,22 +217,9 @@ class _SelectedBatches:
         pass  # the wrapper counts its own passes over the data (the Trainer's epoch is one endless pass)
 
     def __iter__(self) -> Iterator[Any]:
-        trainer, sb = self.trainer, self.trainer.selective_backprop
-        while True:
-            position = trainer.position
-            sb.start_epoch(position["epoch"])
-            _set_epoch(self.loader, position["epoch"])
-            batches = iter(self.loader)
-            for _ in range(position["batches"]):  # resumed mid-pass: these were scored before the checkpoint
-                next(batches)
-            for batch in batches:
-                trainer.score(batch)
-                position["batches"] += 1
-                for ready in sb.ready_batches():
-                    yield ready.data
-            for ready in sb.flush():
-                yield ready.data
-            position["epoch"], position["batches"] = position["epoch"] + 1, 0
+        set_epoch = functools.partial(_set_epoch, self.loader)
+        for ready in self.trainer.engine.passes(self.loader, self.trainer.score, set_epoch):
+            yield ready.data
 
 
 class _SelectionCallback(TrainerCallback):
@@ -246,6 +230,14 @@ class _SelectionCallback(TrainerCallback):
         checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(checkpoint) and state.is_world_process_zero:
             self.trainer.save_selection(checkpoint)
+
+
+def _has_valid_tokens(labels: torch.Tensor, policy: Any) -> bool:
+    """Whether a batch has a token the policy scores: the first-batch checks compare losses, and on a batch
+    whose labels are all ignored every loss is the same, so they would pass any model (a host read; made
+    only until the checks have run)."""
+    scored = labels[:, 1:] if policy.shift else labels
+    return bool((scored != policy.ignore_index).any())
 
 
 def _set_epoch(loader, epoch: int) -> None:
@@ -263,13 +255,3 @@ def _length(loader) -> int | None:
         return len(loader)
     except TypeError:
         return None
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {key: _to_device(item, device) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_to_device(item, device) for item in value]
-    return value

@@ -28,10 +28,12 @@ mean cross-entropy). Override :meth:`score` and :meth:`backward_loss` for anythi
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,8 +42,10 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError("sbkernels.integrations.lightning needs lightning: pip install 'sbkernels[lightning]'") from error
 
+from ..pool._batch_spec import BackwardBatch
 from ..scoring import check_scale_factor, downsample_for_scoring
 from ..trainer import SelectiveBackprop
+from ._engine import SelectionEngine, sequence_cross_entropy
 
 CHECKPOINT_KEY = "selective_backprop"
 
@@ -62,8 +66,6 @@ class SelectiveBackpropModule(L.LightningModule):
         self, selective_backprop: SelectiveBackprop, accumulate_grad_batches: int = 1, scale_factor: float = 1.0
     ) -> None:
         super().__init__()
-        if not isinstance(selective_backprop, SelectiveBackprop):
-            raise TypeError(f"selective_backprop must be a sbkernels.SelectiveBackprop, got {selective_backprop!r}")
         if isinstance(accumulate_grad_batches, bool) or not isinstance(accumulate_grad_batches, int) or (
             accumulate_grad_batches < 1
         ):  # fmt: skip
@@ -71,9 +73,10 @@ class SelectiveBackpropModule(L.LightningModule):
         check_scale_factor(scale_factor)
         self.scale_factor = scale_factor
         self.automatic_optimization = False
+        # the selection, the position in the data, the backward batches waiting for a step, the checkpoint entry
+        self.engine = SelectionEngine(selective_backprop, accumulate_grad_batches)
         self.selective_backprop = selective_backprop
         self.accumulate_grad_batches = accumulate_grad_batches
-        self._accumulated = 0  # backward batches whose gradients wait for the next optimizer step
 
     # ------------------------------------------------------------------------- to override if needed
     def score(self, batch: Any) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Any]:
@@ -92,14 +95,29 @@ class SelectiveBackpropModule(L.LightningModule):
         inputs, targets = batch[0], batch[1]
         return self(downsample_for_scoring(inputs, self.scale_factor)), targets
 
-    def backward_loss(self, batch: Any) -> Tensor:
-        """The training loss of one backward batch (a mean over its rows)."""
+    def backward_loss(self, batch: Any, weight: Tensor | None = None) -> Tensor:
+        """The training loss of one backward batch: the mean over its rows, or, when ``weight`` is given, the
+        weighted sum ``(weight * per_row_loss).sum()`` (weighted policies such as ``Importance``, and every
+        step under DDP, SPEC section 8). An override that takes no ``weight`` serves unweighted runs only."""
         if isinstance(batch, Mapping):
-            return self(**batch).loss
-        inputs, targets = batch
-        return F.cross_entropy(self(inputs), targets)
+            if weight is None:
+                return self(**batch).loss
+            inputs = {key: value for key, value in batch.items() if key != "labels"}
+            policy = self.selective_backprop.policy
+            losses = sequence_cross_entropy(self(**inputs).logits, batch["labels"], policy.shift, policy.ignore_index)
+            return (weight * losses).sum()
+        inputs, targets = batch[0], batch[1]
+        if weight is None:
+            return F.cross_entropy(self(inputs), targets)
+        return (weight * F.cross_entropy(self(inputs), targets, reduction="none")).sum()
 
     # --------------------------------------------------------------------------------- Lightning hooks
+    def setup(self, stage: str) -> None:
+        """Under a multi-process strategy (``strategy="ddp"``), select globally over its process group: every
+        rank then takes the same steps (SPEC section 8). Runs before a checkpoint is restored."""
+        if stage == "fit" and self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            self.selective_backprop.use_process_group(dist.group.WORLD)
+
     def on_train_epoch_start(self) -> None:
         self.selective_backprop.start_epoch(self.current_epoch)
 
@@ -116,13 +134,16 @@ class SelectiveBackpropModule(L.LightningModule):
                            lm_head=lm_head)  # fmt: skip
         finally:
             self.train(training)
+        self.engine.remember_filler(batch)
+        self.engine.position.update(epoch=self.current_epoch, batches=batch_idx + 1)
         for ready in sb.ready_batches():
-            self._train_on(ready.data)
+            self._train_on(ready)
         if batch_idx + 1 == self.trainer.num_training_batches:  # the epoch's last loader batch
             for ready in sb.flush():
-                self._train_on(ready.data)
-            if self._accumulated:
+                self._train_on(ready)
+            if self.engine.accumulated:
                 self._step()
+            self.engine.position.update(epoch=self.current_epoch + 1, batches=0)
         counts = sb.counts
         self.log_dict(
             {"sb_selected_fraction": counts["backward"] / max(counts["scored"], 1),
@@ -131,24 +152,31 @@ class SelectiveBackpropModule(L.LightningModule):
         )  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"state": self.selective_backprop.state_dict(), "accumulated": self._accumulated}
+        checkpoint[CHECKPOINT_KEY] = self.engine.gathered_state_dict()  # every rank's rows: Lightning saves rank 0's
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if not isinstance(saved, dict) or set(saved) != {"state", "accumulated"}:
-            raise ValueError(f"the checkpoint has no valid {CHECKPOINT_KEY!r} entry: it was not saved by this module")
-        accumulated = saved["accumulated"]
-        if isinstance(accumulated, bool) or not isinstance(accumulated, int) or not 0 <= accumulated:
-            raise ValueError(f"corrupted checkpoint: accumulated must be an int >= 0, got {accumulated!r}")
-        self.selective_backprop.load_state_dict(saved["state"])
-        self._accumulated = accumulated
+        if CHECKPOINT_KEY not in checkpoint:
+            raise ValueError(f"the checkpoint has no {CHECKPOINT_KEY!r} entry: it was not saved by this module")
+        self.engine.load_state_dict(checkpoint[CHECKPOINT_KEY], where=f"checkpoint entry {CHECKPOINT_KEY!r}")
 
     # ---------------------------------------------------------------------------------------- steps
-    def _train_on(self, data: Any) -> None:
-        loss = self.backward_loss(data) / self.accumulate_grad_batches
+    def _train_on(self, ready: BackwardBatch) -> None:
+        data, weight = self.engine.nonempty(ready, self.engine.step_weights(ready))
+        if weight is None:
+            loss = self.backward_loss(data)
+        elif "weight" in inspect.signature(self.backward_loss).parameters:
+            loss = self.backward_loss(data, weight=weight)
+        else:
+            raise TypeError(
+                f"this run's backward batches carry per-row weights ({type(self.selective_backprop.policy).__name__}"
+                f"{' under a process group' if self.selective_backprop.coordinator else ''}), which "
+                f"{type(self).__name__}.backward_loss(self, batch) cannot apply: give it a weight argument and "
+                "return (weight * per_row_loss).sum(), or leave backward_loss to the default"
+            )
+        loss = loss / self.accumulate_grad_batches
         self.manual_backward(loss)
-        self._accumulated += 1
-        if self._accumulated == self.accumulate_grad_batches:
+        self.engine.accumulated += 1
+        if self.engine.accumulated == self.accumulate_grad_batches:
             self._step()
 
     def _step(self) -> None:
@@ -160,4 +188,4 @@ class SelectiveBackpropModule(L.LightningModule):
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if scheduler is not None:
                 scheduler.step()
-        self._accumulated = 0
+        self.engine.accumulated = 0

@@ -239,6 +239,7 @@ def launch_select_sb(
     loss = torch.empty(n, dtype=torch.float32, device=device)
     prob = torch.empty(n, dtype=torch.float32, device=device)
     config = launch_config(n, num_classes, history.numel(), from_logits)
+    flags = flags.contiguous() if flags is not None else None  # read at unit stride (N int8: a copy costs nothing)
     launch(
         select_sb_kernel, (triton.cdiv(n, config["BLOCK_M"]),), device, history,
         logits_ptr=logits, stride_logits=logits.stride(0) if from_logits else 0,

@@ -137,7 +137,10 @@ def launch_linear_token_losses(
     loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
     if n == 0:
         return loss
+    # The kernel reads rows of hidden and weight at a row stride and bias at unit stride: a strided bias
+    # (b[::2]) would read the wrong entries, an expanded one (stride 0) past its buffer.
     hidden, weight = hidden.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     config = linear_blocks(n, vocab, width)
     launch(
         linear_token_losses_kernel, (triton.cdiv(n, config["BLOCK_M"]),), hidden.device, hidden,

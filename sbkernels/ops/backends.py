@@ -4,8 +4,9 @@ This module is the one place a backend is chosen: :func:`resolve` turns the user
 of :data:`BACKENDS`, and :data:`KERNELS` maps each kernel and backend to its implementation. The ops'
 bodies (:mod:`sbkernels.ops._definitions`) look their kernel up here; no other module tests a backend name.
 
-``backend="auto"`` (the default) runs Triton on CUDA tensors and the native C++ kernels on CPU tensors
-(``csrc/cpu/select_cpu.cpp``); ``"native"`` forces those (CPU tensors only); ``"triton"`` forces the Triton
+``backend="auto"`` (the default) runs Triton on CUDA tensors, the native C++ kernels on CPU tensors
+(``csrc/cpu/select_cpu.cpp``) and the reference on any other device (``mps``, ``xpu``: its torch ops run
+wherever torch does); ``"native"`` forces those (CPU tensors only); ``"triton"`` forces the Triton
 kernels (on CPU tensors through the Triton interpreter, ``TRITON_INTERPRET=1`` set before import);
 ``"reference"`` forces the PyTorch reference everywhere. The environment variable
 ``SBKERNELS_BACKEND`` sets the default. The ops receive the resolved name, never "auto".
@@ -75,8 +76,8 @@ def resolve(backend: str | None, device: torch.device) -> str:
     backend = backend or os.environ.get(ENVIRONMENT_VARIABLE, "auto")
     if backend not in CHOICES:
         raise ValueError(f"backend must be one of {CHOICES}, got {backend!r}")
-    if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "native"
+    if backend == "auto":  # devices without kernels of their own (mps, xpu, ...) run the reference's torch ops
+        backend = {"cuda": "triton", "cpu": "native"}.get(device.type, "reference")
     if backend == "triton":
         require_triton(f"backend='triton' on {device}")
     if backend == "native" and device.type != "cpu":

@@ -64,14 +64,18 @@ class Policy:
     ) -> Selection:  # fmt: skip
         """Select rows of one batch: ``source`` is (N, C) logits with (N,) ``targets``, (N,) losses (``valid``:
         an optional (N,) bool mask of the rows that may be selected), or (B, T, V) LM logits with (B, T)
-        labels (whole sequences); ``features`` (N, ...) penultimate activations for ``GradMatch``."""
+        labels (whole sequences; ``valid`` (B,) masks sequences); ``features`` (N, ...) penultimate activations
+        for ``GradMatch``."""
         if features is not None and not self.uses_features:
             raise ValueError(f"{type(self).__name__} does not use features; pass them only to GradMatch")
         state = self.state_on(source.device)
         if isinstance(source, Tensor) and source.dim() == 3:
             if targets is None:
                 raise ValueError("(B, T, V) language-model logits need their (B, T) labels")
-            return self.select_rows(*self.sequence_losses(source, targets), state)
+            losses, sequence_flags = self.sequence_losses(source, targets)
+            if valid is not None:  # sequences left out by the caller, on top of those with no valid token
+                sequence_flags = checks.with_valid(sequence_flags, valid, "sequences")
+            return self.select_rows(losses, sequence_flags, state)
         flags = checks.valid_flags(valid, source, targets)
         if flags is not None:
             checks.check_source(source, None, state)

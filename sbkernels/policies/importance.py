@@ -12,10 +12,11 @@ from torch import Tensor
 from .. import _checks as checks
 from .. import distributed, ops
 from ..selection import Selection
-from ..state import SelectorState
+from ..state import SelectorState, advances_state
 from .base import Policy
 
 
+@advances_state(2)
 def select_importance(
     logits: Tensor,
     targets: Tensor,

@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import _checks as checks
 from .. import distributed, ops
 from ..selection import Selection
-from ..state import SelectorState
+from ..state import SelectorState, advances_state
 from .base import Policy
 
 
@@ -38,6 +38,7 @@ def select_keep(
     return select_flagged(source, targets, flags, state, keep, ignore_index, ops.resolve(backend, source.device))
 
 
+@advances_state(3)
 def select_flagged(
     source: Tensor, targets: Tensor | None, flags: Tensor | None, state: SelectorState, keep: float,
     ignore_index: int, backend: str,

@@ -17,10 +17,11 @@ from torch import Tensor
 from .. import _checks as checks
 from .. import distributed, ops
 from ..selection import Selection
-from ..state import SelectorState
+from ..state import SelectorState, advances_state
 from .base import Policy
 
 
+@advances_state(2)
 def select(
     logits: Tensor,
     targets: Tensor,
@@ -103,6 +104,7 @@ def select_losses(
     return select_flagged(losses, flags, state, beta, floor, prime, ops.resolve(backend, losses.device))
 
 
+@advances_state(2)
 def select_flagged(
     losses: Tensor, flags: Tensor | None, state: SelectorState, beta: float, floor: float, prime: int, backend: str
 ) -> Selection:

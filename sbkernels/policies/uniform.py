@@ -12,7 +12,7 @@ from torch import Tensor
 from .. import _checks as checks
 from .. import distributed, ops
 from ..selection import Selection
-from ..state import SelectorState
+from ..state import SelectorState, advances_state
 from .base import Policy
 
 
@@ -39,6 +39,7 @@ def select_uniform(
     return select_flagged(source, targets, flags, state, rate, k, ignore_index, ops.resolve(backend, source.device))
 
 
+@advances_state(3)
 def select_flagged(
     source: Tensor, targets: Tensor | None, flags: Tensor | None, state: SelectorState, rate: float | None,
     k: int | None, ignore_index: int, backend: str,

@@ -79,21 +79,32 @@ class BatchSpec:
                 raise ValueError(f"pad_values has {len(pads)} entries for {self.size} batch tensors")
         return pads + [None] * (self.with_ids + self.with_weight)
 
-    def tensors(self, batch: tuple[Any, ...]) -> list[Tensor]:
-        """The tensors that travel, in the recorded order; raises if the batch's structure changed."""
+    def tensors(self, batch: tuple[Any, ...], every_field: bool = False) -> list[Tensor]:
+        """The tensors that travel, in the recorded order; raises if the batch's structure changed.
+
+        ``every_field``: the recorded keys are all the first batch had (no ``fields`` were named), so a
+        field that appears later is refused by name instead of being left out of the backward batches."""
         if self.keys is not None:
             if len(batch) != 1 or not isinstance(batch[0], Mapping):
                 raise ValueError("observe was first given a dict batch: pass one dict every time")
             missing = [key for key in self.keys if key not in batch[0]]
             if missing:
                 raise ValueError(f"batch dict lacks the fields {missing} that travel to the backward pass")
+            if every_field and len(batch[0]) != len(self.keys):
+                new = [key for key in batch[0] if key not in self.keys]
+                raise ValueError(
+                    f"batch dict has fields {new} that the first batch did not have, so they would be left out of "
+                    f"the backward batches (which carry {list(self.keys)}): give every batch the same fields, or "
+                    "name the fields to carry with SelectiveBackprop(..., fields=(...))"
+                )
             return [batch[0][key] for key in self.keys]
         if len(batch) != self.size or not all(isinstance(t, Tensor) for t in batch):
             raise ValueError(f"observe was first given {self.size} batch tensors: pass {self.size} tensors every time")
         return list(batch)
 
-    def flatten(self, batch: tuple[Any, ...], sample_ids: Tensor | None, weight: Tensor | None) -> list[Tensor]:
-        tensors = self.tensors(batch)
+    def flatten(self, tensors: list[Tensor], sample_ids: Tensor | None, weight: Tensor | None) -> list[Tensor]:
+        """The pooled tensors: the batch's (from :meth:`tensors`), then the sample ids and the weights."""
+        tensors = list(tensors)
         if self.with_ids != (sample_ids is not None):
             state = "with" if self.with_ids else "without"
             raise ValueError(f"observe was first called {state} sample_ids: pass sample_ids the same way every time")
@@ -121,6 +132,9 @@ def _per_row_keys(values: Mapping[str, Any], fields: tuple[str, ...] | None) -> 
     if not tensors:
         raise ValueError("observe got a dict with no tensors to train on")
     keys = tuple(fields) if fields is not None else tuple(values)
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"fields names {repeated} more than once: name each field to carry once")
     n = tensors[0].shape[0]
     for key in keys:
         if key not in values:

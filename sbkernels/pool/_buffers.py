@@ -61,12 +61,14 @@ class RowBuffers:
         self._spare_cursor = new_cursor(device)
         self.resize(capacity)
 
-    def matches(self, tensors: tuple[Tensor, ...], names: list[str]) -> None:
-        """Raise unless ``tensors`` have the layouts' number, trailing shapes, dtypes and device."""
+    def matches(self, tensors: tuple[Tensor, ...], names: list[str], pads: list[int | float | None]) -> None:
+        """Raise unless ``tensors`` have the layouts' number, trailing shapes, dtypes and device; a tensor with a
+        pad value may differ in dim 1 (the pool re-pads it)."""
         if len(tensors) != len(self.layouts):
             raise ValueError(f"push got {len(tensors)} tensors, the pool holds {len(self.layouts)}")
-        for name, t, layout in zip(names, tensors, self.layouts, strict=True):
-            if tuple(t.shape[1:]) != layout.trailing or t.dtype != layout.dtype:
+        for name, t, layout, pad in zip(names, tensors, self.layouts, pads, strict=True):
+            compared = 2 if pad is not None and t.dim() >= 2 else 1  # the first trailing dim compared
+            if tuple(t.shape[compared:]) != layout.trailing[compared - 1 :] or t.dtype != layout.dtype:
                 hint = ""
                 if t.dim() >= 2 and tuple(t.shape[2:]) == layout.trailing[1:] and t.dtype == layout.dtype:
                     hint = f": batches of different lengths need a pad value for {name} (pad_values)"

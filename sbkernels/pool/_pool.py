@@ -13,48 +13,17 @@ a loop of push + ready_batches never finds the pool full. Rows are never dropped
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._exclusive import ExclusiveUse
 from ..selection import Selection
 from ..slots import CURSOR_OFFSET
 from ._buffers import Layout, RowBuffers
 from ._row_count import EventReadback, ReadbackFactory, RowCount
-
-
-class ExclusiveUse:
-    """``with guard("call"):`` raises ``RuntimeError`` when another thread is inside a guarded call of the same
-    object, instead of letting two threads interleave its counts. Never waits: a lock taken without blocking.
-
-    A plain context-manager class, not ``contextlib.contextmanager``: it guards every push and every batch
-    handed out, and the generator-based form costs several times more per call."""
-
-    def __init__(self, owner: str) -> None:
-        self.owner, self.lock = owner, threading.Lock()
-
-    def __call__(self, call: str) -> _GuardedCall:
-        return _GuardedCall(self, call)
-
-
-class _GuardedCall:
-    __slots__ = ("call", "guard")
-
-    def __init__(self, guard: ExclusiveUse, call: str) -> None:
-        self.guard, self.call = guard, call
-
-    def __enter__(self) -> None:
-        if not self.guard.lock.acquire(blocking=False):
-            raise RuntimeError(
-                f"{self.guard.owner}.{self.call}: another thread is inside a call on this object; a pool, a policy "
-                "and the SelectiveBackprop that owns them belong to one thread at a time: guard them with a lock"
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        self.guard.lock.release()
 
 
 class SelectionPool:
@@ -140,18 +109,36 @@ class SelectionPool:
         with self._exclusive("push"):
             self._push(selection, tensors)
 
-    def _push(self, selection: Selection, tensors: tuple[Tensor, ...]) -> None:
+    def push_checked(self, selection: Selection, tensors: Sequence[Tensor]) -> None:
+        """:meth:`push` of tensors that :meth:`check_push` has accepted (the caller checked them first)."""
+        with self._exclusive("push"):
+            self._push(selection, tuple(tensors), checked=True)
+
+    def check_push(self, n: int, tensors: Sequence[Tensor]) -> None:
+        """Raise on anything :meth:`push` refuses in ``tensors`` (leading dim ``n``), changing nothing. A
+        caller that selects before it pushes (``SelectiveBackprop.observe``) checks first, so that a refused
+        batch leaves the selection state as it was."""
         if not tensors:
             raise ValueError("push needs at least one tensor to gather rows from")
-        n = selection.indices.shape[0]
         names = self._tensor_names(len(tensors))
         for name, t in zip(names, tensors, strict=True):
             if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != n:
                 raise ValueError(f"{name} must have leading dim {n} to match the selection")
+        pads = self._padded(len(tensors))
+        for name, t, pad in zip(names, tensors, pads, strict=True):
+            check_pad_value(name, t.dtype, pad)
+        if self._buffers is not None:
+            self._buffers.matches(tuple(tensors), names, pads)
+        if self._fixed_capacity is not None:
+            self._check_capacity(self._fixed_capacity, n)
+
+    def _push(self, selection: Selection, tensors: tuple[Tensor, ...], checked: bool = False) -> None:
+        n = selection.indices.shape[0]
+        if not checked:
+            self.check_push(n, tensors)
         if self._buffers is None:
             self._start(tensors, n, selection.indices.device)
         tensors = self._fit(tensors)
-        self._held.matches(tensors, names)
         self._make_room(n)
         self._held.append(selection.indices, selection.count, tensors)
         self._count.pushed(self._held.cursor, n)
@@ -258,11 +245,14 @@ class SelectionPool:
     def _load(self, rows: list[Tensor] | None, rows_out: int) -> None:
         if rows is None:
             return
-        if self._buffers is None:
+        names, pads = self._tensor_names(len(rows)), self._padded(len(rows))
+        for name, t, pad in zip(names, rows, pads, strict=True):
+            check_pad_value(name, t.dtype, pad)
+        if self._buffers is not None:  # before anything changes
+            self._buffers.matches(tuple(rows), names, pads)
+        else:
             self._start(tuple(rows), max(rows[0].shape[0], 1), rows[0].device)
-        fitted = self._fit(tuple(rows))
-        self._held.matches(fitted, self._tensor_names(len(rows)))
-        self._held.load(list(fitted))
+        self._held.load(list(self._fit(tuple(rows))))
         self._count.reset(rows[0].shape[0], rows_out)
 
     # ---------------------------------------------------------------------------------------- private
@@ -310,11 +300,7 @@ class SelectionPool:
         needed = self.batch_size + 2 * n + max(0, count.known - self.batch_size)
         if self._fixed_capacity is None and needed > buffers.capacity:
             buffers.resize(max(2 * buffers.capacity, needed))
-        if self.batch_size - 1 + n > buffers.capacity:
-            raise ValueError(
-                f"SelectionPool capacity {buffers.capacity} is too small for a push of {n} rows on top of up to "
-                f"{self.batch_size - 1} waiting rows: use capacity >= {self.batch_size - 1 + n} or the default"
-            )
+        self._check_capacity(buffers.capacity, n)
         count.poll()
         while count.upper_bound + n > buffers.capacity and count.in_flight:
             count.wait_oldest()
@@ -324,13 +310,42 @@ class SelectionPool:
                 "(ready_batches()) before pushing more"
             )
 
+    def _check_capacity(self, capacity: int, n: int) -> None:
+        if self.batch_size - 1 + n > capacity:
+            raise ValueError(
+                f"SelectionPool capacity {capacity} is too small for a push of {n} rows on top of up to "
+                f"{self.batch_size - 1} waiting rows: use capacity >= {self.batch_size - 1 + n} or the default"
+            )
+
+
+def check_pad_value(name: str, dtype: torch.dtype, pad: object) -> None:
+    """A pad value the field's dtype holds exactly: re-padding with 7 where 7.5 was asked would be silently
+    wrong (an integer field takes an integer in its range, a bool field 0 or 1)."""
+    if pad is None:
+        return
+    if isinstance(pad, bool) or not isinstance(pad, (int, float)):
+        raise ValueError(f"the pad value of {name} must be a number, got {pad!r}")
+    if dtype.is_floating_point or dtype.is_complex:
+        return
+    low, high = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+    if not (float(pad).is_integer() and low <= pad <= high):
+        raise ValueError(
+            f"the pad value of {name} ({dtype}) must be an integer in [{low}, {high}], got {pad!r}: pass the value "
+            "the collator pads with (for input_ids, the tokenizer's pad_token_id)"
+        )
+
 
 def checked_pool_state(state_dict: Any, batch_size: int) -> tuple[list[Tensor] | None, int]:
     """``(rows, rows_out)`` of a saved pool, or ValueError naming what no pool could have saved."""
-    if not isinstance(state_dict, dict) or not {"batch_size", "rows"} <= state_dict.keys():
-        raise ValueError("corrupted SelectionPool state: need a dict with 'batch_size' and 'rows'")
+    if not isinstance(state_dict, dict) or not {"batch_size", "capacity", "rows"} <= state_dict.keys():
+        raise ValueError("corrupted SelectionPool state: need a dict with 'batch_size', 'capacity' and 'rows'")
     if state_dict["batch_size"] != batch_size:
         raise ValueError(f"batch_size mismatch: saved {state_dict['batch_size']!r}, pool {batch_size}")
+    capacity = state_dict.get("capacity")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < batch_size):
+        raise ValueError(
+            f"corrupted SelectionPool state: capacity must be None or an int >= {batch_size}, got {capacity!r}"
+        )
     rows_out = state_dict.get("rows_out", 0)
     if isinstance(rows_out, bool) or not isinstance(rows_out, int) or rows_out < 0:
         raise ValueError(f"corrupted SelectionPool state: rows_out must be an int >= 0, got {rows_out!r}")

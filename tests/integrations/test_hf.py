@@ -203,7 +203,7 @@ def test_the_tokenizer_pads_input_ids_when_pad_values_does_not(tmp_path):
         trainer(4, bare).train()
 
 
-def masked_lm_trainer(tmp_path, policy, scoring="auto"):
+def masked_lm_trainer(tmp_path, policy, scoring="auto", ignore_first=False):
     """A random-init BERT masked LM: labels at their own positions (no shift), a head that transforms the
     hidden states before the output embeddings."""
     from transformers import BertConfig, BertForMaskedLM
@@ -213,10 +213,15 @@ def masked_lm_trainer(tmp_path, policy, scoring="auto"):
                         intermediate_size=37, max_position_embeddings=32, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)  # fmt: skip
 
+    batches = []
+
     def masked(examples):
         batch = collate(examples)
         keep = torch.rand(batch["labels"].shape, generator=torch.Generator().manual_seed(len(examples))) < 0.3
         batch["labels"] = torch.where(keep & batch["attention_mask"].bool(), batch["input_ids"], -100)
+        if ignore_first and not batches:  # a first batch with no masked token at all
+            batch["labels"].fill_(-100)
+        batches.append(batch)
         return batch
 
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
@@ -242,3 +247,27 @@ def test_the_scoring_pass_is_checked_against_the_models_own_loss(tmp_path):
     causal = make_trainer(tmp_path / "d", max_steps=1)
     causal.train()
     assert causal._hidden_scoring is True
+
+
+def test_the_scoring_check_waits_for_a_batch_with_valid_tokens(tmp_path):
+    """#27 item 3: on a first batch whose labels are all ignored every loss is 0 on both routes, so the
+    hidden-state check passed any model. It now runs on the first batch with a valid token: the masked LM's
+    head transform is found there and "auto" scores from the logits."""
+    with pytest.warns(UserWarning, match="scoring from the logits instead"):
+        trainer = masked_lm_trainer(tmp_path, sbkernels.SB(beta=1.0, history_size=32, shift=False), ignore_first=True)
+        trainer.train()
+    assert trainer._hidden_scoring is False
+    assert trainer.selective_backprop.counts["scored"] > 8  # the all-ignored batch was scored too
+
+
+def test_a_position_past_the_loaders_end_is_refused_with_the_reason(tmp_path):
+    """#27 item 8: a checkpoint's position beyond the loader (another dataset or batch size) was accepted,
+    then failed inside the Trainer with 'generator raised StopIteration'."""
+    trainer = make_trainer(tmp_path, max_steps=2, save_steps=2)
+    trainer.train()
+    path = tmp_path / "checkpoint-2" / STATE_FILE
+    saved = torch.load(path, weights_only=True)
+    saved["position"]["batches"] = 6  # the loader has 40 / 8 = 5 batches
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match="has only 5 batches"):
+        make_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))

@@ -214,3 +214,17 @@ def test_language_models_train_whole_sequences_scored_from_logits_or_hidden_stat
         runs[scoring] = module.trained
     for a, b in zip(runs["logits"], runs["hidden states"], strict=True):  # the same sequences either way
         assert torch.equal(a["input_ids"], b["input_ids"])
+
+
+@pytest.mark.parametrize("accumulated", [2, 7])
+def test_a_checkpoint_with_more_waiting_batches_than_a_step_takes_is_refused(tmp_path, accumulated):
+    """#27 item 2: ``accumulated`` was checked only for >= 0 while a step is taken when it equals
+    accumulate_grad_batches: resumed at 2 of 2, the next epoch took 1 optimizer step instead of 8."""
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_top_k=-1)
+    trainer(tmp_path / "first", epochs=1, callbacks=[checkpoints]).fit(Classifier(), loader())
+    saved = torch.load(checkpoints.last_model_path or checkpoints.best_model_path, weights_only=False)
+    saved["selective_backprop"]["accumulated"] = accumulated
+    path = tmp_path / "tampered.ckpt"
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
+        trainer(tmp_path / "resumed", epochs=2, enable_checkpointing=False).fit(Classifier(), loader(), ckpt_path=path)

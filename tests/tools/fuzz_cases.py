@@ -2,7 +2,8 @@
 
 Each case builds valid arguments, breaks one of them and calls the op directly, past the public API's own
 checks. SPEC section 11: every case must end in a Python exception, never a signal, a hang or a normal
-return. ``CASES`` maps ``"<op>.<what is wrong>"`` to the case; ``CONTROLS`` are the harness's own negative
+return. ``CASES`` maps ``"<op>.<what is wrong>"`` to the case (with the mixed-device and tampered-checkpoint
+cases of :mod:`tests.tools.fuzz_checkpoints`); ``CONTROLS`` are the harness's own negative
 controls (a segfault, a hang, a normal return), which it must report as failures.
 """
 
@@ -16,6 +17,7 @@ import torch
 
 import sbkernels  # noqa: F401  (registers the ops)
 from sbkernels.slots import CURSOR_SIZE, META_PUSHED, META_SIZE, META_STEP
+from tests.tools.fuzz_checkpoints import checkpoint_cases, mixed_device_cases
 
 ops = torch.ops.sbkernels
 N, C, R = 7, 5, 4
@@ -259,6 +261,45 @@ CASES: dict[str, Callable[[], object]] = {
         "linear_sequence_losses", weight=torch.randn(C, H, dtype=torch.float64)
     ),
 }
+
+
+# One valid call per op, as arguments (what the mixed-device cases move to meta, one tensor at a time).
+_VALID_CALLS: dict[str, Callable[[], dict]] = {
+    "select_sb_cpu": _sb_args,
+    "select_sb_cpu.losses": lambda: _sb_args(logits=None, targets=None, losses=torch.rand(N),
+                                             flags=torch.zeros(N, dtype=torch.int8)),
+    "row_stats_cpu": lambda: dict(logits=_logits(), targets=_targets(), losses=None, meta=_meta(), ignore_index=-100,
+                                  label_smoothing=0.0, row_offset=0),
+    "residuals_cpu": lambda: dict(logits=_logits(), targets=_targets(), ignore_index=-100),
+    "sample_rows_cpu": lambda: dict(logits=_logits(), targets=_targets(), losses=None, meta=_meta(), policy="keep",
+                                    param=0.5, k=3, ignore_index=-100, row_offset=0),
+    "token_losses_cpu": lambda: dict(logits=torch.randn(B, T, C), labels=_labels(), shift=True, ignore_index=-100,
+                                     label_smoothing=0.0),
+    "tile_stats_cpu": lambda: dict(logits=_logits(), labels=_targets(), column_offset=0, logit_sums=True),
+    "gather_rows": lambda: dict(sources=[torch.randn(N, 3), torch.randn(N)], indices=torch.arange(N),
+                                count=torch.tensor(N, dtype=torch.int32), outputs=[torch.empty(10, 3),
+                                torch.empty(10)], cursor=torch.zeros(CURSOR_SIZE, dtype=torch.int64)),
+    "select_sb": lambda: dict(logits=None, targets=None, losses=torch.rand(N), flags=torch.zeros(N, dtype=torch.int8),
+                              history=torch.rand(R), meta=_meta(), beta=1.0, floor=0.0, prime=0, ignore_index=-100,
+                              label_smoothing=0.0, backend="native"),
+    "uniform": lambda: dict(logits=_logits(), targets=_targets(), losses=None, flags=None, history=torch.rand(R),
+                            meta=_meta(), rate=0.5, k=-1, row_offset=0, ignore_index=-100, backend="reference"),
+    "keep": lambda: dict(logits=None, targets=None, losses=torch.rand(N), flags=torch.zeros(N, dtype=torch.int8),
+                         meta=_meta(), keep=0.5, row_offset=0, ignore_index=-100, backend="native"),
+    "importance": lambda: dict(logits=_logits(), targets=_targets(), meta=_meta(), k=3, row_offset=0,
+                               ignore_index=-100, backend="native"),
+    "gradmatch": lambda: dict(logits=_logits(), targets=_targets(), features=torch.randn(N, 3), meta=_meta(), k=3,
+                              steps=10, ignore_index=-100, backend="native"),
+    "row_losses": lambda: dict(logits=_logits(), targets=_targets(), losses=None, ignore_index=-100,
+                               label_smoothing=0.0, backend="native"),
+    "sequence_losses": lambda: dict(logits=torch.randn(B, T, C), labels=_labels(), shift=True, ignore_index=-100,
+                                    reduction="mean", label_smoothing=0.0, backend="reference"),
+    "linear_sequence_losses": lambda: dict(hidden=torch.randn(B, T, H), weight=torch.randn(C, H),
+                                           bias=torch.randn(C), labels=_labels(), shift=True, ignore_index=-100,
+                                           reduction="mean", label_smoothing=0.0, tile_bytes=80, backend="native"),
+}  # fmt: skip
+CASES.update(mixed_device_cases(_VALID_CALLS))
+CASES.update(checkpoint_cases())
 
 
 def _segfault() -> None:
