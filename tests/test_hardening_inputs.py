@@ -174,7 +174,7 @@ def test_pad_values_the_field_holds_pad_it(pad, dtype) -> None:
     for width in (3, 5):
         batch = {"input_ids": torch.zeros(2, width, dtype=dtype), "labels": torch.zeros(2, width, dtype=torch.int64)}
         sb.observe(torch.rand(2), None, batch)
-    padded = [batch.data["input_ids"] for batch in sb.flush()][0]
+    padded = next(batch.data["input_ids"] for batch in sb.flush())
     assert padded.shape == (2, 5) and torch.equal(padded[:, 3:], torch.full((2, 2), pad, dtype=dtype))
 
 
@@ -204,7 +204,7 @@ def test_a_second_thread_on_a_state_in_use_is_refused() -> None:
             lambda: sbkernels.select_importance(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), state, 2),
             lambda: sbkernels.select_gradmatch(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), state, 2),
         ):
-            with pytest.raises(RuntimeError, match="SelectorState.* another thread"):
+            with pytest.raises(RuntimeError, match=r"SelectorState.* another thread"):
                 call()
     finally:
         release.set()

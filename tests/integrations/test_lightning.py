@@ -228,3 +228,51 @@ def test_a_checkpoint_with_more_waiting_batches_than_a_step_takes_is_refused(tmp
     torch.save(saved, path)
     with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
         trainer(tmp_path / "resumed", epochs=2, enable_checkpointing=False).fit(Classifier(), loader(), ckpt_path=path)
+
+
+class WeightedClassifier(Classifier):
+    """Importance sampling: per-row weights that make the gradient unbiased (SPEC section 5)."""
+
+    def __init__(self) -> None:
+        super().__init__(accumulate=1)
+        self.selective_backprop = sbkernels.SelectiveBackprop(8, sbkernels.Importance(k=8, seed=4))
+        self.engine.selective_backprop = self.selective_backprop
+        self.seen: list[tuple] = []
+
+    def backward_loss(self, batch, weight=None):
+        x, y, _ = batch
+        self.seen.append((x.clone(), y.clone(), None if weight is None else weight.clone()))
+        return SelectiveBackpropModule.backward_loss(self, (x, y), weight)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def test_one_sgd_step_follows_the_weighted_gradient(tmp_path):
+    """#28: batch.weight was dropped, so Importance trained unweighted. One SGD step must move the
+    parameters by -lr * grad of mean_i(weight_i * loss_i); the unweighted gradient is the control."""
+    module = WeightedClassifier()
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer(tmp_path, epochs=1, max_steps=1, enable_checkpointing=False).fit(module, loader())
+    x, y, weight = module.seen[0]
+    assert weight is not None and not torch.allclose(weight, weight[0].expand_as(weight))
+    reference = Classifier(accumulate=1)
+    for p, b in zip(reference.parameters(), before, strict=True):
+        p.data.copy_(b)
+    losses = F.cross_entropy(reference(x), y, reduction="none")
+    weighted = torch.autograd.grad((weight * losses).sum(), list(reference.parameters()), retain_graph=True)
+    plain = torch.autograd.grad(losses.mean(), list(reference.parameters()))
+    moved = [b - p.detach() for p, b in zip(module.parameters(), before, strict=True)]
+    for step, grad in zip(moved, weighted, strict=True):
+        torch.testing.assert_close(step, 0.5 * grad, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(step, 0.5 * g, rtol=1e-3, atol=1e-5) for step, g in zip(moved, plain, strict=True))
+
+
+def test_an_override_without_weight_is_refused_when_the_batches_carry_weights(tmp_path):
+    class Unweighted(WeightedClassifier):
+        def backward_loss(self, batch):
+            x, y, _ = batch
+            return F.cross_entropy(self(x), y)
+
+    with pytest.raises(TypeError, match="give it a weight argument"):
+        trainer(tmp_path, epochs=1, max_steps=1, enable_checkpointing=False).fit(Unweighted(), loader())

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-import sbkernels  # noqa: F401  (registers the ops)
+import sbkernels
 from sbkernels.kernels import interpreting
 from sbkernels.slots import CURSOR_SIZE, META_PUSHED, META_SIZE, ROW_IGNORED
 
