@@ -90,9 +90,12 @@ class SelectionEngine:
 
     def remember_filler(self, batch: Any) -> None:
         """Keep one row of a loader batch (under a process group): a rank whose share of a final step is
-        empty trains on it with weight 0, so that every rank runs the same forward and backward passes."""
+        empty trains on it with weight 0, so that every rank runs the same forward and backward passes. A
+        dict batch's ``labels`` are all ignored in it, so a framework's own loss counts none of its tokens."""
         if self.selective_backprop.coordinator is not None and self.filler is None:
             self.filler = _first_row(batch)
+            if isinstance(self.filler, dict) and isinstance(self.filler.get("labels"), Tensor):
+                self.filler["labels"].fill_(self.selective_backprop.policy.ignore_index)
 
     def nonempty(self, ready: BackwardBatch, weights: Tensor | None) -> tuple[Any, Tensor | None]:
         """``(data, weights)`` to train on: a batch of 0 rows (a rank's empty share of a final step) becomes
@@ -176,7 +179,8 @@ def check_entry(saved: Any, accumulate: int, where: str) -> tuple[dict[str, int]
 
 
 def _first_row(batch: Any) -> Any:
-    """Row 0 of a batch of tensors (a dict, a tuple or a list of them), as owned copies."""
+    """Row 0 of a batch of tensors (a mapping, a tuple or a list of them), as owned copies; a mapping
+    becomes a dict."""
     if isinstance(batch, Tensor):
         return batch[:1].clone()
     if isinstance(batch, Mapping):

@@ -28,11 +28,17 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
   again and again (``set_epoch`` each pass, the last partial batch flushed at each pass's end);
   the logs carry ``sb_epoch`` (passes over the data, with the fraction of the current one),
   ``sb_selected_fraction``, ``sb_scored_rows`` and ``sb_backward_rows``.
-- Checkpoints: the selection state (``SelectiveBackprop.state_dict()``: the policy's history and seed
+- Checkpoints: the selection state (the engine's entry, :mod:`._engine`: the policy's history and seed
   step, the pool's rows not yet trained on, the position in the data) is saved in every checkpoint as
   ``selective_backprop.pt`` and restored by ``train(resume_from_checkpoint=...)``, which then selects as the
   uninterrupted run would. The Trainer's own skipping of seen batches is replaced by the wrapper's: it
   skips the loader batches already scored without scoring them again.
+- Several processes (``torchrun`` / ``accelerate launch``, DDP): the trainer selects globally over the
+  ranks by itself (SPEC section 8), so every rank takes the same optimizer steps; a rank whose share of a
+  pass's last step is empty trains one row with its labels ignored (the Trainer averages tokens over the
+  ranks, ``average_tokens_across_devices``, required). The checkpoint file holds every rank's state and
+  resumes only at the same world size. Weighted policies (``Importance``, ``GradMatch``) are refused: the
+  Trainer trains on the model's own unweighted loss.
 """
 
 from __future__ import annotations
@@ -72,6 +78,12 @@ class SelectiveBackpropTrainer(Trainer):
     def __init__(self, *args: Any, selective_backprop: SelectiveBackprop, scoring: str = "auto", **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.engine = SelectionEngine(selective_backprop)  # the selection, the position, the checkpoint entry
+        if selective_backprop.policy.weighted:
+            raise ValueError(
+                f"{type(selective_backprop.policy).__name__} returns per-row weights, and the Trainer trains on the "
+                "model's own (unweighted) loss: use SB, Keep or Uniform with SelectiveBackpropTrainer, or a "
+                "weighted policy in Lightning (backward_loss(batch, weight)) or your own loop"
+            )
         if self.args.max_steps is None or self.args.max_steps <= 0:
             raise ValueError(
                 "SelectiveBackpropTrainer needs TrainingArguments(max_steps=...): the optimizer steps of an epoch "
@@ -81,9 +93,27 @@ class SelectiveBackpropTrainer(Trainer):
             raise ValueError(f"scoring must be 'auto', 'hidden' or 'logits', got {scoring!r}")
         self.selective_backprop = selective_backprop
         self.scoring = scoring
+        if self.args.world_size > 1:  # torchrun / accelerate launch: select globally over the ranks
+            self._use_process_group()
         self._train_loader: Any = None  # the Trainer's own training dataloader, inside the wrapper
         self._hidden_scoring: bool | None = None  # decided on the first batch with a valid token (_decide_scoring)
         self.add_callback(_SelectionCallback(self))
+
+    def _use_process_group(self) -> None:
+        """Global selection over the accelerator's processes (SPEC section 8): every rank then takes the same
+        steps. The Trainer's own loss weights uneven shares of a final step right only when it averages
+        tokens across the ranks (its default), and a rank with no rows trains one unlabeled filler row."""
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("TrainingArguments.world_size > 1 but no torch.distributed process group exists")
+        if not self.args.average_tokens_across_devices:
+            raise ValueError(
+                "SelectiveBackpropTrainer on several processes needs TrainingArguments(average_tokens_across_devices"
+                "=True) (the default): the ranks' shares of a final step differ in size, and only a loss averaged "
+                "over every rank's tokens weights each row alike"
+            )
+        self.selective_backprop.use_process_group(dist.group.WORLD)
 
     @property
     def position(self) -> dict[str, int]:
@@ -120,6 +150,7 @@ class SelectiveBackpropTrainer(Trainer):
         training = model.training
         if self.selective_backprop.spec is None:  # the first batch: its fields are recorded now
             self._default_input_ids_pad(batch.keys())
+        self.engine.remember_filler(batch)
         model.eval()
         try:
             with torch.no_grad(), self.accelerator.autocast():
@@ -191,7 +222,11 @@ class SelectiveBackpropTrainer(Trainer):
         self.engine.load_state_dict(saved, self.args.device, where=path)
 
     def save_selection(self, checkpoint: str) -> None:
-        torch.save(self.engine.state_dict(), os.path.join(checkpoint, STATE_FILE))
+        """Write the selection state into ``checkpoint``: every rank's (a collective: call it on every rank),
+        written once, by the main process."""
+        entry = self.engine.gathered_state_dict()
+        if self.is_world_process_zero():
+            torch.save(entry, os.path.join(checkpoint, STATE_FILE))
 
     def selection_logs(self) -> dict[str, float]:
         counts = self.selective_backprop.counts
@@ -218,8 +253,9 @@ class _SelectedBatches:
 
     def __iter__(self) -> Iterator[Any]:
         set_epoch = functools.partial(_set_epoch, self.loader)
-        for ready in self.trainer.engine.passes(self.loader, self.trainer.score, set_epoch):
-            yield ready.data
+        engine = self.trainer.engine
+        for ready in engine.passes(self.loader, self.trainer.score, set_epoch):
+            yield engine.nonempty(ready, ready.weight)[0]  # the Trainer's loss weights the ranks' tokens
 
 
 class _SelectionCallback(TrainerCallback):
@@ -227,9 +263,7 @@ class _SelectionCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_save(self, args, state, control, **kwargs):
-        checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if os.path.isdir(checkpoint) and state.is_world_process_zero:
-            self.trainer.save_selection(checkpoint)
+        self.trainer.save_selection(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
 
 
 def _has_valid_tokens(labels: torch.Tensor, policy: Any) -> bool:

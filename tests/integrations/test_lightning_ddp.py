@@ -1,7 +1,8 @@
 """SelectiveBackpropModule under Lightning ``strategy="ddp"`` with 2 CPU processes (gloo), launched as a user
-launches it (tests/integrations/lightning_ddp_run.py), under a hard time limit that kills the whole process
-group: before #28 this configuration hung forever (the ranks selected alone, so their numbers of backward
-passes differed and DDP's all-reduces stopped matching), and Lightning caught the SIGTERM of a timeout."""
+launches it (examples/lightning_ddp.py: an MLP on digits, accumulation 2), under a hard time limit that
+kills the whole process group: before #28 this configuration hung forever (the ranks selected alone, so
+their numbers of backward passes differed and DDP's all-reduces stopped matching), and Lightning caught
+the SIGTERM of a timeout."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from tests.tools.process_group_timeout import Hung, run_killed_on_timeout
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def ddp_run(tmp_path: Path, policy: str, timeout: float = 240) -> list[dict]:
+def ddp_run(tmp_path: Path, policy: str, *extra: str, timeout: float = 240) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    run_killed_on_timeout([sys.executable, "-m", "tests.integrations.lightning_ddp_run", str(tmp_path), policy],
-                          timeout, ROOT, env)  # fmt: skip
+    command = [sys.executable, "-m", "examples.lightning_ddp", "--policy", policy, "--record", str(tmp_path), *extra]
+    run_killed_on_timeout(command, timeout, ROOT, env)
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
@@ -41,7 +42,7 @@ def test_ddp_finishes_with_equal_steps_and_every_row_trained_at_most_once(tmp_pa
         assert torch.equal(p, q)
     for epoch in (0, 1):
         ids = ranks[0]["trained"].get(epoch, []) + ranks[1]["trained"].get(epoch, [])
-        assert ids and set(ids) <= set(range(100))
+        assert ids and set(ids) <= set(range(600))
         if policy == "sb":  # Importance draws with replacement (SPEC section 5): a row may come twice
             assert len(ids) == len(set(ids)), f"epoch {epoch}: a row was trained twice"
 
@@ -52,3 +53,18 @@ def test_per_rank_selection_hangs_and_the_time_limit_kills_it(tmp_path):
     with pytest.raises((Hung, AssertionError)):
         ddp_run(tmp_path, "per_rank", timeout=60)
     assert not (tmp_path / "rank0.pt").exists() or not (tmp_path / "rank1.pt").exists()
+
+
+def test_a_run_resumed_from_an_epoch_end_checkpoint_trains_every_ranks_rows(tmp_path):
+    """The checkpoint holds every rank's selection state (gathered on all ranks: Lightning writes rank 0's
+    file); resumed after epoch 1 of 2, each rank trains the uninterrupted run's epoch-2 rows."""
+    full = ddp_run(tmp_path / "full", "sb", "--checkpoints", str(tmp_path / "ckpt"))
+    first_epoch = sorted((tmp_path / "ckpt").glob("epoch=0-*.ckpt"))
+    assert len(first_epoch) == 1
+    saved = torch.load(first_epoch[0], weights_only=False)["selective_backprop"]
+    assert len(saved["ranks"]) == 2
+    resumed = ddp_run(tmp_path / "resumed", "sb", "--resume", str(first_epoch[0]))
+    for rank in (0, 1):
+        assert resumed[rank]["trained"] == {1: full[rank]["trained"][1]}
+        for p, q in zip(full[rank]["parameters"], resumed[rank]["parameters"], strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
