@@ -10,7 +10,7 @@ run against the same framework's plain DDP run, side by side (arms interleaved, 
   Trainer's ``train_runtime`` (no evaluation, no checkpoints).
 - Lightning: ``python -m examples.lightning_ddp`` (an MLP on digits) with ``SelectiveBackpropModule``
   (SB(beta=2), backward batch 16, accumulation 2) against ``--plain``; 32 rows per rank per step in both.
-  Time: ``Trainer.fit`` wall time, which includes Lightning's start-up of the process group.
+  Time: the training loop (``on_train_start`` to ``on_train_end``), without the process group's start-up.
 
 Reported per optimizer step and per loader batch (what an epoch costs): a selective step needs about
 1 / keep-rate loader batches, each scored. CPU and gloo: not a GPU or NCCL claim; the models are tiny, so
@@ -74,7 +74,11 @@ def lightning_arm(selective: bool, epochs: int, out: Path) -> dict[str, float]:
         command += ["--plain"]
     _run(command)
     record = torch.load(out / "lt" / "rank0.pt", weights_only=False)
-    return {"seconds": record["seconds"], "steps": record["global_step"], "loader_batches": epochs * 300 / 32}
+    return {
+        "seconds": record["seconds"],
+        "steps": record["global_step"],
+        "loader_batches": epochs * record["loader_batches"],
+    }
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
