@@ -77,6 +77,12 @@ class _Recorded:
             yield inputs
 
 
+def _full(parameter: torch.Tensor) -> torch.Tensor:
+    """The whole parameter (an FSDP2 shard is gathered: a collective, called on every rank in one order)."""
+    full = parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
+    return full.detach().clone()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/hf_ddp", help="the Trainer's output_dir (checkpoints)")
@@ -89,6 +95,8 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=96, help="training sequences")
     parser.add_argument("--per-rank", action="store_true", help="(the tests' negative control) select per rank")
     parser.add_argument("--plain", action="store_true", help="transformers.Trainer on every row (the baseline)")
+    parser.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (GPUs only: accelerate)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.per_rank:  # what the trainer did before #28: every rank selects alone
@@ -102,8 +110,11 @@ def main() -> None:
         output_dir=args.output, max_steps=args.max_steps, per_device_train_batch_size=8, gradient_accumulation_steps=2,
         learning_rate=3e-3, logging_steps=2, save_steps=args.save_steps, eval_strategy="steps",
         eval_steps=args.eval_steps,
-        report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True, ddp_backend="gloo",
+        report_to=[], use_cpu=args.device == "cpu", seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        ddp_backend="gloo" if args.device == "cpu" else "nccl",
         ddp_find_unused_parameters=False,
+        **({"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"]}}
+           if args.fsdp else {}),
     )  # fmt: skip
     common = dict(model=make_model(len(tokenizer), context=64, seed=0), args=training, train_dataset=train,
                   eval_dataset=held_out, data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
@@ -122,9 +133,10 @@ def main() -> None:
     if args.record is not None:
         args.record.mkdir(parents=True, exist_ok=True)
         torch.save({"global_step": trainer.state.global_step, "trained": trainer.trained,
-                    "train_runtime": metrics["train_runtime"],
+                    "train_runtime": metrics["train_runtime"], "hidden_scoring": trainer._hidden_scoring,
+                    "sharded": any(hasattr(p, "full_tensor") for p in trainer.model.parameters()),
                     "selections": trainer.selections, "counts": trainer.selective_backprop.counts,
-                    "parameters": [p.detach().clone() for p in trainer.model.parameters()]},
+                    "parameters": [_full(p) for p in trainer.model.parameters()]},
                    args.record / f"rank{rank}.pt")  # fmt: skip
     if rank == 0:
         logs = [log for log in trainer.state.log_history if "eval_loss" in log] or [{"eval_loss": float("nan")}]

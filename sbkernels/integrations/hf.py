@@ -38,7 +38,8 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
   pass's last step is empty trains one row with its labels ignored (the Trainer averages tokens over the
   ranks, ``average_tokens_across_devices``, required). The checkpoint file holds every rank's state and
   resumes only at the same world size. Weighted policies (``Importance``, ``GradMatch``) are refused: the
-  Trainer trains on the model's own unweighted loss.
+  Trainer trains on the model's own unweighted loss. Under FSDP (GPUs: accelerate shards models there only,
+  and a request for it on CPU is refused) the sequences are scored from the root model's logits.
 """
 
 from __future__ import annotations
@@ -93,6 +94,12 @@ class SelectiveBackpropTrainer(Trainer):
             raise ValueError(f"scoring must be 'auto', 'hidden' or 'logits', got {scoring!r}")
         self.selective_backprop = selective_backprop
         self.scoring = scoring
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            raise ValueError(
+                f"TrainingArguments(fsdp={self.args.fsdp!r}) asks for FSDP, but accelerate shards models on GPUs only: "
+                "here the Trainer would train the whole model under DDP without a word. Drop fsdp= to train with "
+                "DDP on this machine, or run on GPUs"
+            )
         if self.args.world_size > 1:  # torchrun / accelerate launch: select globally over the ranks
             self._use_process_group()
         self._train_loader: Any = None  # the Trainer's own training dataloader, inside the wrapper
@@ -174,6 +181,10 @@ class SelectiveBackpropTrainer(Trainer):
         labels, policy = batch["labels"], self.selective_backprop.policy
         check_label_alignment(getattr(out, "loss", None), out.logits, labels, policy)
         if self.scoring == "logits":
+            return False
+        if self.is_fsdp_enabled:  # the sharded LM head is whole only inside the root module's forward
+            if self.scoring == "hidden":
+                raise ValueError("scoring='hidden' reads the whole LM head, which FSDP shards: use scoring='logits'")
             return False
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         base = getattr(model, "base_model", None)

@@ -103,3 +103,11 @@ def test_per_rank_selection_fails_the_equality_or_is_killed(tmp_path):
     except (Hung, AssertionError):
         return
     assert not selections_equal_one_process(ranks)
+
+
+def test_fsdp_that_would_silently_be_ddp_on_this_machine_is_refused(tmp_path):
+    """accelerate shards models on GPUs only: on CPU the Trainer would train the whole model under DDP without
+    a word (seen: parameters bit-identical to the DDP run). The trainer refuses with the fix; on GPUs,
+    benchmarks/gpu_run.sh runs the same example under FSDP2."""
+    with pytest.raises(AssertionError, match="accelerate shards models on GPUs only"):
+        launch(tmp_path, "fsdp", "--fsdp", timeout=120)

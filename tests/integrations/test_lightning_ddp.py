@@ -30,12 +30,12 @@ def ddp_run(tmp_path: Path, policy: str, *extra: str, timeout: float = 240) -> l
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
-@pytest.mark.parametrize("policy", ["sb", "importance"])
-def test_ddp_finishes_with_equal_steps_and_every_row_trained_at_most_once(tmp_path, policy):
+@pytest.mark.parametrize(("policy", "strategy"), [("sb", "ddp"), ("importance", "ddp"), ("sb", "fsdp2")])
+def test_ddp_finishes_with_equal_steps_and_every_row_trained_at_most_once(tmp_path, policy, strategy):
     """Global selection from the strategy's group: equal optimizer steps and backward passes on both ranks,
     identical parameters, and (SB) no row trained twice across ranks in an epoch (a rank's empty share of a
     final step trains a filler row with weight 0, not recorded). Importance carries weights != 1 under DDP."""
-    ranks = ddp_run(tmp_path, policy)
+    ranks = ddp_run(tmp_path, policy, "--strategy", strategy)
     assert ranks[0]["global_step"] == ranks[1]["global_step"] > 0
     assert ranks[0]["backward_passes"] == ranks[1]["backward_passes"]
     for p, q in zip(ranks[0]["parameters"], ranks[1]["parameters"], strict=True):
@@ -68,3 +68,36 @@ def test_a_run_resumed_from_an_epoch_end_checkpoint_trains_every_ranks_rows(tmp_
         assert resumed[rank]["trained"] == {1: full[rank]["trained"][1]}
         for p, q in zip(full[rank]["parameters"], resumed[rank]["parameters"], strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_lightnings_fsdp_strategy_refuses_the_cpu_with_a_clear_error(tmp_path):
+    """Lightning's FSDPStrategy (FSDP1) runs on GPUs only and says so; benchmarks/gpu_run.sh runs it there.
+    On CPU, FSDP2 (fully_shard) is tested above."""
+    with pytest.raises(AssertionError, match="requires a GPU accelerator"):
+        ddp_run(tmp_path, "sb", "--strategy", "fsdp", timeout=120)
+
+
+@pytest.mark.parametrize("policy", ["sb", "importance"])
+def test_one_sgd_step_on_two_ranks_follows_the_weighted_gradient_of_the_rows_handed_out(tmp_path, policy):
+    """One optimizer step (2 backward batches per rank, accumulation 2): the parameters move by
+    -lr * mean over ranks of sum over batches of grad((weight * loss).sum()) / 2, from the rows and weights
+    each rank was handed; the unweighted mean gradient is the control."""
+    ranks = ddp_run(tmp_path, policy, "--max-steps", "1", "--lr", "0.5")
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    for p, q in zip(net.parameters(), ranks[0]["initial"], strict=True):
+        p.data.copy_(q)
+    weighted = [torch.zeros_like(p) for p in net.parameters()]
+    plain = [torch.zeros_like(p) for p in net.parameters()]
+    for rank in ranks:
+        assert len(rank["first_step"]) == 2
+        for x, y, weight in rank["first_step"]:
+            losses = torch.nn.functional.cross_entropy(net(x), y, reduction="none")
+            grads = torch.autograd.grad((weight * losses).sum() / 2 / 2, list(net.parameters()), retain_graph=True)
+            means = torch.autograd.grad(losses.mean() / 2 / 2, list(net.parameters()))
+            weighted = [a + g for a, g in zip(weighted, grads, strict=True)]
+            plain = [a + g for a, g in zip(plain, means, strict=True)]
+    moved = [q - p for p, q in zip(ranks[0]["parameters"], ranks[0]["initial"], strict=True)]
+    for step, grad in zip(moved, weighted, strict=True):
+        torch.testing.assert_close(step, 0.5 * grad, rtol=1e-4, atol=1e-6)
+    if policy == "importance":
+        assert any(not torch.allclose(s, 0.5 * g, rtol=1e-3, atol=1e-5) for s, g in zip(moved, plain, strict=True))
