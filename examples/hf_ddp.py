@@ -40,6 +40,8 @@ class RecordingTrainer(SelectiveBackpropTrainer):
         super().__init__(*args, **kwargs)
         self.trained: list[tuple[int, list[tuple[int, ...]]]] = []  # (pass, rows as token tuples)
         self.selections: list[dict] = []
+        self.handed: list[dict] = []
+        self.initial = {name: p.detach().clone() for name, p in self.model.named_parameters()}
         policy = self.selective_backprop.policy
         select_rows = policy.select_rows
 
@@ -74,6 +76,8 @@ class _Recorded:
                 if bool((labels != -100).any())
             ]  # fmt: skip  (a filler row has no label)
             self.trainer.trained.append((self.trainer.position["epoch"], rows))
+            if len(self.trainer.handed) < 2:  # the first optimizer step's batches (accumulation 2), whole
+                self.trainer.handed.append({key: value.clone() for key, value in inputs.items()})
             yield inputs
 
 
@@ -97,6 +101,10 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="transformers.Trainer on every row (the baseline)")
     parser.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (GPUs only: accelerate)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--optim", default="adamw_torch", help="the Trainer's optimizer (the tests: sgd)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
+    parser.add_argument("--no-dropout", action="store_true", help="a deterministic forward (the tests)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.per_rank:  # what the trainer did before #28: every rank selects alone
@@ -108,7 +116,8 @@ def main() -> None:
     train, held_out = encoded[: args.texts], encoded[args.texts :]
     training = TrainingArguments(
         output_dir=args.output, max_steps=args.max_steps, per_device_train_batch_size=8, gradient_accumulation_steps=2,
-        learning_rate=3e-3, logging_steps=2, save_steps=args.save_steps, eval_strategy="steps",
+        learning_rate=args.lr, optim=args.optim, lr_scheduler_type="constant", max_grad_norm=args.max_grad_norm,
+        logging_steps=2, save_steps=args.save_steps, eval_strategy="steps",
         eval_steps=args.eval_steps,
         report_to=[], use_cpu=args.device == "cpu", seed=0, dataloader_num_workers=0, disable_tqdm=True,
         ddp_backend="gloo" if args.device == "cpu" else "nccl",
@@ -116,7 +125,11 @@ def main() -> None:
         **({"fsdp": "full_shard", "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"]}}
            if args.fsdp else {}),
     )  # fmt: skip
-    common = dict(model=make_model(len(tokenizer), context=64, seed=0), args=training, train_dataset=train,
+    model = make_model(len(tokenizer), context=64, seed=0)
+    for module in model.modules():
+        if args.no_dropout and isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    common = dict(model=model, args=training, train_dataset=train,
                   eval_dataset=held_out, data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
                   processing_class=tokenizer)  # fmt: skip
     if args.plain:
@@ -134,6 +147,8 @@ def main() -> None:
         args.record.mkdir(parents=True, exist_ok=True)
         torch.save({"global_step": trainer.state.global_step, "trained": trainer.trained,
                     "train_runtime": metrics["train_runtime"], "hidden_scoring": trainer._hidden_scoring,
+                    "handed": trainer.handed, "initial": trainer.initial, "config": trainer.model.config.to_dict(),
+                    "final": {name: _full(p) for name, p in trainer.model.named_parameters()},
                     "sharded": any(hasattr(p, "full_tensor") for p in trainer.model.parameters()),
                     "selections": trainer.selections, "counts": trainer.selective_backprop.counts,
                     "parameters": [_full(p) for p in trainer.model.parameters()]},

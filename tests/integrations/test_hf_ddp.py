@@ -111,3 +111,43 @@ def test_fsdp_that_would_silently_be_ddp_on_this_machine_is_refused(tmp_path):
     benchmarks/gpu_run.sh runs the same example under FSDP2."""
     with pytest.raises(AssertionError, match="accelerate shards models on GPUs only"):
         launch(tmp_path, "fsdp", "--fsdp", timeout=120)
+
+
+def test_one_sgd_step_on_two_ranks_follows_the_token_mean_gradient_of_the_rows_handed_out(tmp_path):
+    """One optimizer step (2 backward batches per rank): the parameters move by -lr * the gradient of the
+    cross-entropy summed over every valid token of the 4 batches handed out, divided by one token count for
+    all of them (the Trainer's average over the ranks' tokens, which weights uneven shares alike). The
+    Trainer's own count may include each sequence's first label (transformers 5.25 does), so the scale is
+    checked between the two counts and the direction exactly. Control: the mean of the ranks' own token
+    means, what DDP would average without the cross-rank count, points elsewhere."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ranks = launch(tmp_path, "one_step", "--max-steps", "1", "--optim", "sgd", "--lr", "0.5", "--max-grad-norm", "0",
+                   "--no-dropout", "--eval-steps", "1000", "--save-steps", "1000")  # fmt: skip
+    model = GPT2LMHeadModel(GPT2Config.from_dict(ranks[0]["config"]))
+    model.load_state_dict(ranks[0]["initial"], strict=False)  # lm_head.weight is tied to wte
+    model.eval()  # no dropout, as in the run (--no-dropout)
+    names = [name for name, _ in model.named_parameters()]
+    totals, shifted, every, per_rank_means = [], 0, 0, []
+    for rank in ranks:
+        assert len(rank["handed"]) == 2
+        rank_sum, rank_count = 0.0, 0
+        for batch in rank["handed"]:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]
+            tokens = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="sum")
+            totals.append(tokens)
+            shifted, every = shifted + int((labels != -100).sum()), every + int((batch["labels"] != -100).sum())
+            rank_sum, rank_count = rank_sum + tokens, rank_count + int((labels != -100).sum())
+        per_rank_means.append(rank_sum / rank_count)
+    params = [p for _, p in model.named_parameters()]
+    want = torch.cat([g.flatten() for g in torch.autograd.grad(sum(totals) / shifted, params, retain_graph=True)])
+    control = torch.cat([g.flatten() for g in torch.autograd.grad(sum(per_rank_means) / 2, params)])
+    moved = torch.cat([(ranks[0]["initial"][name] - ranks[0]["final"][name]).flatten() for name in names])
+
+    def scale(direction: torch.Tensor) -> float:
+        return float(moved @ direction / (direction @ direction))
+
+    assert shifted / every - 1e-3 <= scale(0.5 * want) <= 1 + 1e-3
+    torch.testing.assert_close(moved, scale(want) * want, rtol=1e-3, atol=1e-6)
+    assert not torch.allclose(moved, scale(control) * control, rtol=1e-2, atol=1e-5)
