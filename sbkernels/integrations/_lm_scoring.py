@@ -2,8 +2,9 @@
 losses that are not the model's own (SPEC section 9).
 
 - The labels' alignment. A causal LM scores position t against label t + 1 (the policy's ``shift=True``);
-  a masked LM scores each position against its own label. The model's own loss tells which one it uses:
-  when it is the token mean of the other alignment, the policy's ``shift`` is wrong and the call raises.
+  a masked LM scores each position against its own label. The model's class says which one it uses
+  (``*ForMaskedLM``, ``*ForCausalLM``, ``config.is_decoder``); where it does not, the alignment whose
+  token-mean cross-entropy matches the model's own loss better decides. A wrong ``shift`` raises.
 - Scoring from hidden states. ``linear_sequence_losses(last_hidden_state, output_embeddings)`` is the
   model's loss only when its logits are exactly that product. A masked LM's head transforms the hidden
   states first; some models scale or cap their logits. The per-sequence losses of both routes are compared
@@ -32,34 +33,49 @@ def _token_mean(logits: Tensor, labels: Tensor, shift: bool, ignore_index: int) 
     return float(total / (scored != ignore_index).sum().clamp_min(1))
 
 
-def check_label_alignment(model_loss: Tensor | None, logits: Tensor, labels: Tensor, policy: Any) -> None:
-    """Raise when the model's own loss is the token-mean cross-entropy under the other ``shift``; warn when
-    it matches neither (a loss with other terms, e.g. a router's, cannot be checked this way)."""
-    if model_loss is None:
-        return
-    target = float(model_loss)
+def declared_shift(model: Any) -> bool | None:
+    """The label alignment a model declares: True for a causal LM (a ``*ForCausalLM`` or ``*LMHeadModel`` class,
+    or ``config.is_decoder``), False for a masked LM (a ``*ForMaskedLM`` class), None when it says neither."""
+    name = type(model).__name__
+    if "MaskedLM" in name:
+        return False
+    if (
+        "CausalLM" in name
+        or name.endswith("LMHeadModel")
+        or getattr(getattr(model, "config", None), "is_decoder", False)
+    ):
+        return True
+    return None
+
+
+def check_label_alignment(
+    model_loss: Tensor | None, logits: Tensor, labels: Tensor, policy: Any, declared: bool | None = None
+) -> None:
+    """Raise when the policy's ``shift`` is not the model's label alignment: the one the model declares
+    (:func:`declared_shift`), or, where it declares none, the one whose token-mean cross-entropy matches the
+    model's own loss better. Warn when neither matches (a loss with other terms, e.g. a router's, cannot be
+    checked this way). Both alignments are computed: on an untrained model they are close to each other,
+    so a tolerance around the model's loss would accept either."""
     shift, ignore_index = policy.shift, policy.ignore_index
-
-    def close(value: float) -> bool:
-        return abs(value - target) <= 1e-3 + 1e-2 * abs(target)
-
     mine = _token_mean(logits, labels, shift, ignore_index)
-    if close(mine):
-        return
-    other = _token_mean(logits, labels, not shift, ignore_index)  # only on a mismatch: which one is it?
-    if close(other):
+    other = _token_mean(logits, labels, not shift, ignore_index)
+    target = None if model_loss is None else float(model_loss)
+    better = target is not None and abs(other - target) < abs(mine - target)
+    if (declared is not None and declared != shift) or (declared is None and better):
+        kind = {True: "a causal LM (labels shifted by one)", False: "a masked LM (labels at their own positions)",
+                None: f"scored with shift={not shift}"}[declared]  # fmt: skip
+        found = "" if target is None else f" (its loss {target:.4f}; shift={not shift} gives {other:.4f}, {mine:.4f})"
         raise ValueError(
-            f"the model's own loss ({target:.4f}) is the cross-entropy of its logits with shift={not shift} "
-            f"({other:.4f}), while the policy scores with shift={shift} ({mine:.4f}): pass the policy "
-            f"shift={not shift} (e.g. sbkernels.SB(shift=False) for a masked LM, whose labels sit at their "
-            "own positions)"
+            f"the model is {kind}{found}, while the policy scores with shift={shift}: pass the policy "
+            f"shift={not shift} (e.g. sbkernels.SB(shift={not shift}))"
         )
-    warnings.warn(
-        f"SelectiveBackpropTrainer could not confirm that it scores the model's loss: the model's loss on the "
-        f"first batch is {target:.4f}, the token-mean cross-entropy of its logits {mine:.4f} (shift={shift}); "
-        "a loss with other terms (e.g. a router's auxiliary loss) explains this",
-        stacklevel=3,
-    )
+    if target is not None and abs(mine - target) > 1e-3 + 1e-2 * abs(target):
+        warnings.warn(
+            f"SelectiveBackpropTrainer could not confirm that it scores the model's loss: the model's loss on the "
+            f"first batch is {target:.4f}, the token-mean cross-entropy of its logits {mine:.4f} (shift={shift}); "
+            "a loss with other terms (e.g. a router's auxiliary loss) explains this",
+            stacklevel=3,
+        )
 
 
 def hidden_state_error(logits: Tensor, hidden: Tensor, head: Any, labels: Tensor, policy: Any) -> float:

@@ -60,7 +60,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from ..trainer import SelectiveBackprop
 from ._engine import SelectionEngine
-from ._lm_scoring import HIDDEN_STATE_TOLERANCE, check_label_alignment, hidden_state_error
+from ._lm_scoring import HIDDEN_STATE_TOLERANCE, check_label_alignment, declared_shift, hidden_state_error
 
 STATE_FILE = "selective_backprop.pt"
 
@@ -122,6 +122,24 @@ class SelectiveBackpropTrainer(Trainer):
             )
         self.selective_backprop.use_process_group(dist.group.WORLD)
 
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        """The Trainer's loss, except for an empty share's filler row (several processes): a loss of 0 that
+        still runs the forward through every parameter, so each rank's backward joins the gradient all-reduce
+        (the model's own loss of a row whose labels are all ignored can be NaN, e.g. a classifier's)."""
+        if not self._is_filler(inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
+        loss = outputs.logits.sum() * 0.0
+        return (loss, outputs) if return_outputs else loss
+
+    def _is_filler(self, inputs: dict[str, Any]) -> bool:
+        labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
+        sb = self.selective_backprop
+        return (
+            sb.coordinator is not None and isinstance(labels, torch.Tensor) and labels.shape[0] == 1
+            and bool((labels == sb.policy.ignore_index).all())
+        )  # fmt: skip
+
     @property
     def position(self) -> dict[str, int]:
         """Passes over the training data (``epoch``) and loader batches scored in this one (``batches``)."""
@@ -163,6 +181,9 @@ class SelectiveBackpropTrainer(Trainer):
             with torch.no_grad(), self.accelerator.autocast():
                 labels = batch["labels"]
                 inputs = {key: value for key, value in batch.items() if key != "labels"}
+                if labels.dim() == 1:  # a classifier (one class per row): its rows' cross-entropy
+                    self.selective_backprop.observe(model(**inputs).logits, _class_labels(labels), batch)
+                    return
                 if self._hidden_scoring is None and _has_valid_tokens(labels, self.selective_backprop.policy):
                     self._hidden_scoring = self._decide_scoring(model, batch)
                 if self._hidden_scoring:  # None (no batch with a valid token yet): from the logits
@@ -179,7 +200,7 @@ class SelectiveBackpropTrainer(Trainer):
         model's losses raise with ``scoring="hidden"`` and fall back to the logits with ``"auto"``."""
         out = model(**batch)  # with the labels: the model's own loss
         labels, policy = batch["labels"], self.selective_backprop.policy
-        check_label_alignment(getattr(out, "loss", None), out.logits, labels, policy)
+        check_label_alignment(getattr(out, "loss", None), out.logits, labels, policy, declared_shift(model))
         if self.scoring == "logits":
             return False
         if self.is_fsdp_enabled:  # the sharded LM head is whole only inside the root module's forward
@@ -275,6 +296,17 @@ class _SelectionCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self.trainer.save_selection(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+
+
+def _class_labels(labels: torch.Tensor) -> torch.Tensor:
+    """A classifier's labels as class indices; float labels (regression, multi-label) have no cross-entropy
+    to rank rows by."""
+    if labels.is_floating_point():
+        raise ValueError(
+            f"SelectiveBackpropTrainer scores a classifier's rows by their cross-entropy and needs integer class "
+            f"labels, got {labels.dtype}: regression and multi-label problems are not supported"
+        )
+    return labels
 
 
 def _has_valid_tokens(labels: torch.Tensor, policy: Any) -> bool:

@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
-#: Pad values of the fields every Hugging Face causal-LM batch has; others are given by the caller.
-PAD_DEFAULTS: dict[str, int | float] = {"labels": -100, "attention_mask": 0}
+#: Pad values of the fields Hugging Face batches carry (token_type_ids as tokenizers pad them, with
+#: pad_token_type_id 0); others (input_ids: the tokenizer's pad id) are given by the caller.
+PAD_DEFAULTS: dict[str, int | float] = {"labels": -100, "attention_mask": 0, "token_type_ids": 0}
 
 PadValues = Mapping[str, int | float] | Sequence[int | float | None] | None
 

@@ -271,3 +271,105 @@ def test_a_position_past_the_loaders_end_is_refused_with_the_reason(tmp_path):
     torch.save(saved, path)
     with pytest.raises(ValueError, match="has only 5 batches"):
         make_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+def classified(count: int, seed: int) -> list[dict]:
+    """Sequences with a class: 1 when the sequence holds token 7 more often than token 9."""
+    rows = sequences(count, seed)
+    for row in rows:
+        row["label"] = int(row["input_ids"].count(7) > row["input_ids"].count(9))
+    return rows
+
+
+def collate_classes(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """What DataCollatorWithPadding returns for a BERT tokenizer: ids, mask and token types padded, (B,) labels."""
+    batch = collate([{"input_ids": e["input_ids"]} for e in examples])
+    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    batch["labels"] = torch.tensor([e["label"] for e in examples])
+    return batch
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_a_sequence_classifier_trains_each_row_at_most_once(tmp_path, family):
+    """#29: GPT2/BertForSequenceClassification with (B,) labels crashed on the first batch ("logits must be
+    3-D"). They are scored by their rows' cross-entropy from the logits; every row trained once at most."""
+    from transformers import BertConfig, BertForSequenceClassification, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=1, n_head=2, pad_token_id=PAD,
+                            num_labels=2)  # fmt: skip
+        net = GPT2ForSequenceClassification(config)
+    else:
+        config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=37, max_position_embeddings=32, num_labels=2)  # fmt: skip
+        net = BertForSequenceClassification(config)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
+                             gradient_accumulation_steps=2, report_to=[], use_cpu=True, seed=0,
+                             disable_tqdm=True)  # fmt: skip
+    sb = sbkernels.SelectiveBackprop(4, sbkernels.SB(beta=1.0, history_size=32, seed=1), pad_values={"input_ids": PAD})
+    trainer = Recording(model=net, args=args, train_dataset=classified(96, 0), data_collator=collate_classes,
+                        selective_backprop=sb)  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 3 and trainer.position["epoch"] == 0  # all inside the first pass
+    rows = [tuple(ids[mask.bool()].tolist()) for batch in trainer.trained
+            for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]  # fmt: skip
+    assert len(rows) == 24 and len(set(rows)) == 24
+    assert all(batch["labels"].dim() == 1 for batch in trainer.trained)
+    assert sb.counts["backward"] < sb.counts["scored"]  # selected, not everything
+
+
+def test_a_classifier_with_float_labels_is_refused_with_the_reason(tmp_path):
+    from transformers import GPT2ForSequenceClassification
+
+    config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=1, n_head=2, pad_token_id=PAD,
+                        num_labels=1)  # fmt: skip
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, report_to=[],
+                             use_cpu=True, disable_tqdm=True)  # fmt: skip
+
+    def regression(examples):
+        batch = collate_classes(examples)
+        batch["labels"] = batch["labels"].float()
+        return batch
+
+    sb = sbkernels.SelectiveBackprop(4, sbkernels.SB())
+    trainer = Recording(model=GPT2ForSequenceClassification(config), args=args, train_dataset=classified(16, 0),
+                        data_collator=regression, selective_backprop=sb)  # fmt: skip
+    with pytest.raises(ValueError, match="regression and multi-label problems are not supported"):
+        trainer.train()
+
+
+def test_a_masked_lm_under_the_causal_shift_is_refused_even_when_its_loss_is_ambiguous(tmp_path):
+    """#29: on an untrained BERT both alignments came within the old tolerance of the model's loss (7.6007
+    model, 7.6334 shifted), so the causal default trained a masked LM silently. The model's class decides
+    (BertForMaskedLM: no shift); a causal GPT-2 with the default passes (test above: scored from hidden states)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=2000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=32)  # fmt: skip
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, report_to=[],
+                             use_cpu=True, disable_tqdm=True)  # fmt: skip
+
+    def masked(examples):
+        batch = collate(examples)
+        batch["labels"] = batch["labels"].masked_fill(torch.rand(batch["labels"].shape) < 0.7, -100)
+        return batch
+
+    sb = sbkernels.SelectiveBackprop(4, sbkernels.SB(beta=1.0, history_size=32), pad_values={"input_ids": PAD})
+    trainer = Recording(model=BertForMaskedLM(config), args=args, train_dataset=sequences(16, 0),
+                        data_collator=masked, selective_backprop=sb)  # fmt: skip
+    with pytest.raises(ValueError, match=r"a masked LM .* pass the policy shift=False"):
+        trainer.train()
+
+
+def test_without_a_declared_alignment_the_better_matching_one_decides() -> None:
+    """The issue's numbers: the model's loss equals the unshifted mean and is 0.03 from the shifted one,
+    inside the old tolerance; the better match (no shift) decides, and the causal policy is refused."""
+    from sbkernels.integrations import _lm_scoring
+
+    logits, labels = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    unshifted = _lm_scoring._token_mean(logits, labels, False, -100)
+    with pytest.raises(ValueError, match="shift=False"):
+        _lm_scoring.check_label_alignment(torch.tensor(unshifted), logits, labels, sbkernels.SB())
+    _lm_scoring.check_label_alignment(torch.tensor(unshifted), logits, labels, sbkernels.SB(shift=False))
