@@ -102,6 +102,7 @@ class SelectiveBackpropTrainer(Trainer):
             )
         if self.args.world_size > 1:  # torchrun / accelerate launch: select globally over the ranks
             self._use_process_group()
+        self._counts_at_start = dict(selective_backprop.counts)
         self._train_loader: Any = None  # the Trainer's own training dataloader, inside the wrapper
         self._hidden_scoring: bool | None = None  # decided on the first batch with a valid token (_decide_scoring)
         self.add_callback(_SelectionCallback(self))
@@ -153,6 +154,13 @@ class SelectiveBackpropTrainer(Trainer):
         if "loss" in logs:  # training logs carry the selection's counts; evaluation logs stay as they are
             logs = {**logs, **self.selection_logs()}
             self.state.epoch = logs["sb_epoch"]  # the Trainer's own epoch counts one endless pass
+        if "train_samples_per_second" in logs and logs.get("train_runtime"):
+            # The Trainer counts max_steps x batch x accumulation; what ran is the rows scored and trained.
+            # In place: the same dict is the train() call's returned metrics.
+            counts, start = self.selective_backprop.counts, self._counts_at_start
+            runtime = logs["train_runtime"]
+            logs["train_samples_per_second"] = round((counts["scored"] - start["scored"]) / runtime, 3)
+            logs["train_backward_samples_per_second"] = round((counts["backward"] - start["backward"]) / runtime, 3)
         super().log(logs, *args, **kwargs)
 
     def get_resumed_dataloader(self, dataloader, num_batches: int):
@@ -164,6 +172,7 @@ class SelectiveBackpropTrainer(Trainer):
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, str):
             self._load_selection(checkpoint)
+        self._counts_at_start = dict(self.selective_backprop.counts)  # this call's rows, for the speed logs
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------ selection

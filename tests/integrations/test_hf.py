@@ -373,3 +373,14 @@ def test_without_a_declared_alignment_the_better_matching_one_decides() -> None:
     with pytest.raises(ValueError, match="shift=False"):
         _lm_scoring.check_label_alignment(torch.tensor(unshifted), logits, labels, sbkernels.SB())
     _lm_scoring.check_label_alignment(torch.tensor(unshifted), logits, labels, sbkernels.SB(shift=False))
+
+
+def test_the_speed_logs_count_the_rows_scored_and_trained(tmp_path):
+    """#29: train_samples_per_second counted max_steps x batch x accumulation (1920 in a run that scored 1160
+    rows and trained 472). It now counts the rows scored; the rows trained get their own figure."""
+    trainer = make_trainer(tmp_path, max_steps=4)
+    metrics = trainer.train().metrics
+    counts, runtime = trainer.selective_backprop.counts, metrics["train_runtime"]
+    assert metrics["train_samples_per_second"] == pytest.approx(counts["scored"] / runtime, rel=1e-2)
+    assert metrics["train_backward_samples_per_second"] == pytest.approx(counts["backward"] / runtime, rel=1e-2)
+    assert counts["backward"] < counts["scored"]
