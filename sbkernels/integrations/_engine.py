@@ -28,7 +28,7 @@ from ..slots import MAX_COUNTER
 from ..trainer import SelectiveBackprop
 
 #: The fields of a saved engine (the Hugging Face state file and the Lightning checkpoint entry alike).
-ENTRY_KEYS = frozenset({"selective_backprop", "position", "accumulated"})
+ENTRY_KEYS = frozenset({"selective_backprop", "position", "accumulated", "gradients"})
 
 
 class SelectionEngine:
@@ -47,6 +47,9 @@ class SelectionEngine:
         self.position = {"epoch": 0, "batches": 0}  # passes over the data, loader batches scored in this one
         self.accumulated = 0
         self.filler: Any = None  # one row of a loader batch: see remember_filler
+        #: the accumulated gradients of the ``accumulated`` backward batches, saved with them (a framework's
+        #: checkpoint holds no gradients) and restored by the integration before its next backward pass
+        self.gradients: list[Tensor | None] | None = None
 
     def passes(self, loader: Iterable[Any], score: Callable[[Any], None], set_epoch: Callable[[int], None]):
         """The backward batches of pass after pass over ``loader`` (endless): each loader batch is scored by
@@ -115,6 +118,7 @@ class SelectionEngine:
             "selective_backprop": self.selective_backprop.state_dict(),
             "position": dict(self.position),
             "accumulated": self.accumulated,
+            "gradients": self.gradients if self.accumulated else None,
         }
 
     def gathered_state_dict(self) -> dict[str, Any]:
@@ -138,6 +142,7 @@ class SelectionEngine:
         state = saved["selective_backprop"]
         self.selective_backprop.load_state_dict(_to_device(state, device) if device is not None else state)
         self.position, self.accumulated = dict(position), accumulated
+        self.gradients = saved.get("gradients")
 
     def _this_ranks(self, saved: Any, where: str) -> Any:
         if not (isinstance(saved, dict) and set(saved) == {"ranks"}):
@@ -175,6 +180,13 @@ def check_entry(saved: Any, accumulate: int, where: str) -> tuple[dict[str, int]
             f"backward batch(es) (accumulate_grad_batches={accumulate}), so at most {accumulate - 1} can wait: "
             "resume with the accumulate_grad_batches the checkpoint was saved with"
         )
+    gradients = saved.get("gradients")
+    if gradients is not None and (
+        not isinstance(gradients, list) or not all(g is None or isinstance(g, Tensor) for g in gradients)
+    ):
+        raise ValueError(f"corrupted {where}: gradients must be None or a list of tensors (or None) per parameter")
+    if gradients is not None and not accumulated:
+        raise ValueError(f"corrupted {where}: gradients are saved only while backward batches wait for a step")
     return position, accumulated
 
 

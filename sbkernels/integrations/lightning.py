@@ -29,7 +29,7 @@ mean cross-entropy). Override :meth:`score` and :meth:`backward_loss` for anythi
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -77,6 +77,9 @@ class SelectiveBackpropModule(L.LightningModule):
         self.engine = SelectionEngine(selective_backprop, accumulate_grad_batches)
         self.selective_backprop = selective_backprop
         self.accumulate_grad_batches = accumulate_grad_batches
+        self._resume_at: dict[str, int] | None = None  # the position of a mid-epoch restore
+        self._replay: Iterator[Any] | None = None  # this epoch's loader batches after such a restore
+        self._gradients_to_restore: list[Tensor | None] | None = None
 
     # ------------------------------------------------------------------------- to override if needed
     def score(self, batch: Any) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Any]:
@@ -122,6 +125,7 @@ class SelectiveBackpropModule(L.LightningModule):
         self.selective_backprop.start_epoch(self.current_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
+        batch = self._resumed_batch(batch, batch_idx)
         sb = self.selective_backprop
         training = self.training
         self.eval()
@@ -144,6 +148,7 @@ class SelectiveBackpropModule(L.LightningModule):
             if self.engine.accumulated:
                 self._step()
             self.engine.position.update(epoch=self.current_epoch + 1, batches=0)
+            self._replay = None
         counts = sb.counts
         self.log_dict(
             {"sb_selected_fraction": counts["backward"] / max(counts["scored"], 1),
@@ -158,6 +163,26 @@ class SelectiveBackpropModule(L.LightningModule):
         if CHECKPOINT_KEY not in checkpoint:
             raise ValueError(f"the checkpoint has no {CHECKPOINT_KEY!r} entry: it was not saved by this module")
         self.engine.load_state_dict(checkpoint[CHECKPOINT_KEY], where=f"checkpoint entry {CHECKPOINT_KEY!r}")
+        self._replay = None
+        self._resume_at = dict(self.engine.position) if self.engine.position["batches"] else None
+        self._gradients_to_restore = self.engine.gradients
+
+    def _resumed_batch(self, batch: Any, batch_idx: int) -> Any:
+        """The loader batch ``batch_idx`` of this epoch. Resumed from a checkpoint taken mid-epoch, Lightning
+        continues at the saved ``batch_idx`` but restarts a loader that keeps no state from its first batch,
+        which would train the epoch's first batches again and never the rest. The module knows how many
+        batches of the epoch were scored, so it iterates the training loader itself from there to the end of
+        the epoch (the same order where the sampler's order depends on the epoch only: no shuffle, or a
+        DistributedSampler; a RandomSampler draws another order after any restart)."""
+        resume_at, self._resume_at = self._resume_at, None
+        if resume_at is not None and resume_at == {"epoch": self.current_epoch, "batches": batch_idx}:
+            replay = iter(self.trainer.train_dataloader)  # type: ignore[arg-type]
+            for _ in range(batch_idx):
+                next(replay)
+            self._replay = replay
+        if self._replay is None:
+            return batch
+        return self.trainer.strategy.batch_to_device(next(self._replay))
 
     # ---------------------------------------------------------------------------------------- steps
     def _train_on(self, ready: BackwardBatch) -> None:
@@ -174,10 +199,24 @@ class SelectiveBackpropModule(L.LightningModule):
                 "return (weight * per_row_loss).sum(), or leave backward_loss to the default"
             )
         loss = loss / self.accumulate_grad_batches
+        if self._gradients_to_restore is not None:  # resumed with backward batches waiting
+            self._restore_gradients(self._gradients_to_restore)
+        self._gradients_to_restore = None
         self.manual_backward(loss)
         self.engine.accumulated += 1
+        # The waiting gradients travel with the entry (a checkpoint holds none): references, not copies.
+        self.engine.gradients = [None if p.grad is None else p.grad.detach() for p in self.parameters()]
         if self.engine.accumulated == self.accumulate_grad_batches:
             self._step()
+
+    def _restore_gradients(self, gradients: list[Tensor | None]) -> None:
+        parameters = list(self.parameters())
+        if len(gradients) != len(parameters) or any(
+            g is not None and g.shape != p.shape for g, p in zip(gradients, parameters, strict=True)
+        ):  # fmt: skip
+            raise ValueError("the checkpoint's accumulated gradients do not fit this module's parameters")
+        for parameter, gradient in zip(parameters, gradients, strict=True):
+            parameter.grad = None if gradient is None else gradient.to(parameter.device).clone()
 
     def _step(self) -> None:
         optimizers = self.optimizers()

@@ -276,3 +276,62 @@ def test_an_override_without_weight_is_refused_when_the_batches_carry_weights(tm
 
     with pytest.raises(TypeError, match="give it a weight argument"):
         trainer(tmp_path, epochs=1, max_steps=1, enable_checkpointing=False).fit(Unweighted(), loader())
+
+
+@pytest.mark.parametrize("step", [2, 3, 5])
+def test_a_run_resumed_mid_epoch_trains_the_uninterrupted_runs_rows(tmp_path, step):
+    """#29: resumed from a ModelCheckpoint(every_n_train_steps=...) checkpoint, Lightning continued at the
+    saved batch_idx but restarted the loader from its first batch: rows of the epoch were trained again
+    (392 trained, 379 distinct in the issue's run) and the run ended with other weights. Also covers a
+    checkpoint taken with a backward batch waiting for its optimizer step (accumulation 2)."""
+    full = Classifier()
+    trainer(tmp_path / "full", epochs=2, enable_checkpointing=False).fit(full, loader())
+    first = Classifier()
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=step,
+                                                      save_top_k=-1)  # fmt: skip
+    trainer(tmp_path / "first", epochs=2, callbacks=[checkpoints]).fit(first, loader())
+    path = next((tmp_path / "ckpt").glob(f"epoch=*-step={step}.ckpt"))
+    saved = torch.load(path, weights_only=False)["selective_backprop"]
+    assert 0 < saved["position"]["batches"] < 6  # mid-epoch
+    resumed = Classifier()
+    trainer(tmp_path / "resumed", epochs=2, enable_checkpointing=False).fit(resumed, loader(), ckpt_path=str(path))
+    done = len(full.trained_ids) - len(resumed.trained_ids)
+    assert resumed.trained_ids == full.trained_ids[done:]
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+class SaveAt(L.Callback):
+    """Saves a checkpoint after loader batch ``batch`` of epoch 0, wherever the optimizer steps fall."""
+
+    def __init__(self, batch: int, path) -> None:
+        self.batch, self.path = batch, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_checkpoint_with_a_backward_batch_waiting_for_its_step_resumes_exactly(tmp_path):
+    """A framework checkpoint holds no gradients: the accumulated gradients of the backward batches that
+    wait for the next optimizer step travel in the selection entry and are restored before the next
+    backward pass. Checkpoints after each of epoch 0's first loader batches; at least one has one waiting."""
+    full = Classifier()
+    trainer(tmp_path / "full", epochs=2, enable_checkpointing=False).fit(full, loader())
+    waiting = []
+    for batch in range(4):
+        path = tmp_path / f"mid{batch}.ckpt"
+        trainer(tmp_path / f"first{batch}", epochs=2, enable_checkpointing=False,
+                callbacks=[SaveAt(batch, path)]).fit(Classifier(), loader())  # fmt: skip
+        saved = torch.load(path, weights_only=False)["selective_backprop"]
+        assert (saved["gradients"] is not None) == (saved["accumulated"] > 0)
+        waiting.append(saved["accumulated"])
+        resumed = Classifier()
+        trainer(tmp_path / f"resumed{batch}", epochs=2, enable_checkpointing=False).fit(
+            resumed, loader(), ckpt_path=str(path)
+        )
+        done = len(full.trained_ids) - len(resumed.trained_ids)
+        assert resumed.trained_ids == full.trained_ids[done:]
+        for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert any(waiting), waiting

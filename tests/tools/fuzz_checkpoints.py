@@ -116,7 +116,7 @@ def _refused_clearly(entry: dict[str, Any]) -> object:
 
 def _optional(name: str) -> bool:
     """A field whose absence a current run may still load: written before it existed (a default applies)."""
-    return name in {"accumulated.missing", "selective_backprop.batch_in_epoch.missing",
+    return name in {"accumulated.missing", "gradients.missing", "selective_backprop.batch_in_epoch.missing",
                     "selective_backprop.pool.rows_out.missing"}  # fmt: skip
 
 
