@@ -51,12 +51,16 @@ class SelectionEngine:
         #: checkpoint holds no gradients) and restored by the integration before its next backward pass
         self.gradients: list[Tensor | None] | None = None
 
-    def passes(self, loader: Iterable[Any], score: Callable[[Any], None], set_epoch: Callable[[int], None]):
-        """The backward batches of pass after pass over ``loader`` (endless): each loader batch is scored by
-        ``score`` (which calls ``observe``), every completed backward batch is yielded, and each pass ends
-        with a flush. A resumed run first skips the batches its position says were scored."""
+    def passes(
+        self, loader: Iterable[Any], score: Callable[[Any], None], set_epoch: Callable[[int], None],
+        until: int | None = None,
+    ) -> Iterator[BackwardBatch]:  # fmt: skip
+        """The backward batches of pass after pass over ``loader`` (endless, or until the position reaches
+        pass ``until``): each loader batch is scored by ``score`` (which calls ``observe``), every completed
+        backward batch is yielded, and each pass ends with a flush. A resumed run first skips the batches
+        its position says were scored."""
         sb = self.selective_backprop
-        while True:
+        while until is None or self.position["epoch"] < until:
             position = self.position
             sb.start_epoch(position["epoch"])
             set_epoch(position["epoch"])

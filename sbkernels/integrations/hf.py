@@ -23,8 +23,10 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
 - Padding: batches of different lengths are re-padded to the longest one the pool holds, ``input_ids``
   with the tokenizer's pad id (``processing_class``, or the collator's ``tokenizer``) unless the
   ``SelectiveBackprop``'s ``pad_values`` names it; ``labels`` with -100 and ``attention_mask`` with 0.
-- ``max_steps`` is required: how many backward batches an epoch yields depends on the selection, so the
-  Trainer cannot count an epoch in optimizer steps beforehand. The wrapper passes over the training set
+- Epochs: ``num_train_epochs`` passes over the training set (``max_steps``, when given, wins, as in the
+  Trainer). How many backward batches a pass yields depends on the selection, so the Trainer is told the
+  most steps the passes could take (every row selected): its learning-rate schedule spans those, and
+  training ends when the passes do. The wrapper passes over the training set
   again and again (``set_epoch`` each pass, the last partial batch flushed at each pass's end);
   the logs carry ``sb_epoch`` (passes over the data, with the fraction of the current one),
   ``sb_selected_fraction``, ``sb_scored_rows`` and ``sb_backward_rows``.
@@ -45,6 +47,7 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -73,7 +76,7 @@ class SelectiveBackpropTrainer(Trainer):
             batch size; the loader's batch size is the scoring batch size).
         scoring: "hidden" (from the last hidden states and the output embeddings), "logits" (the model's
             logits), or "auto": "hidden" when the model has output embeddings and a base model.
-        Every other argument is the Trainer's; ``args.max_steps`` must be set.
+        Every other argument is the Trainer's (``num_train_epochs`` counts passes; ``max_steps`` wins).
     """
 
     def __init__(self, *args: Any, selective_backprop: SelectiveBackprop, scoring: str = "auto", **kwargs: Any):
@@ -85,11 +88,16 @@ class SelectiveBackpropTrainer(Trainer):
                 "model's own (unweighted) loss: use SB, Keep or Uniform with SelectiveBackpropTrainer, or a "
                 "weighted policy in Lightning (backward_loss(batch, weight)) or your own loop"
             )
+        #: passes over the training data to train for: num_train_epochs, unless max_steps is given (it wins)
+        self.passes: int | None = None
         if self.args.max_steps is None or self.args.max_steps <= 0:
-            raise ValueError(
-                "SelectiveBackpropTrainer needs TrainingArguments(max_steps=...): the optimizer steps of an epoch "
-                "depend on what is selected, so the Trainer cannot derive them from num_train_epochs"
-            )
+            epochs = self.args.num_train_epochs
+            if not float(epochs).is_integer() or epochs < 1:
+                raise ValueError(
+                    f"num_train_epochs={epochs!r}: SelectiveBackpropTrainer trains whole passes over the data, so it "
+                    "needs a whole number >= 1 (or max_steps)"
+                )
+            self.passes = int(epochs)
         if scoring not in ("auto", "hidden", "logits"):
             raise ValueError(f"scoring must be 'auto', 'hidden' or 'logits', got {scoring!r}")
         self.selective_backprop = selective_backprop
@@ -173,7 +181,19 @@ class SelectiveBackpropTrainer(Trainer):
         if isinstance(checkpoint, str):
             self._load_selection(checkpoint)
         self._counts_at_start = dict(self.selective_backprop.counts)  # this call's rows, for the speed logs
+        if self.passes is not None:
+            self.args.max_steps = self._most_steps(self.passes)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _most_steps(self, passes: int) -> int:
+        """The optimizer steps of ``passes`` passes if every row were selected: what the Trainer is told in
+        advance (its learning-rate schedule spans them); training ends when the passes do, usually sooner."""
+        dataset = self.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__"):
+            raise ValueError("num_train_epochs needs a training dataset with a length (or pass max_steps)")
+        rows = math.ceil(len(dataset) / self.args.world_size)
+        batches = math.ceil(rows / self.selective_backprop.batch_size)
+        return math.ceil(passes * batches / self.args.gradient_accumulation_steps)
 
     # ------------------------------------------------------------------------------------ selection
     def score(self, batch: dict[str, Any]) -> None:
@@ -295,13 +315,18 @@ class _SelectedBatches:
     def __iter__(self) -> Iterator[Any]:
         set_epoch = functools.partial(_set_epoch, self.loader)
         engine = self.trainer.engine
-        for ready in engine.passes(self.loader, self.trainer.score, set_epoch):
+        for ready in engine.passes(self.loader, self.trainer.score, set_epoch, self.trainer.passes):
             yield engine.nonempty(ready, ready.weight)[0]  # the Trainer's loss weights the ranks' tokens
 
 
 class _SelectionCallback(TrainerCallback):
     def __init__(self, trainer: SelectiveBackpropTrainer) -> None:
         self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        passes = self.trainer.passes  # the Trainer's own epoch is one pass of the wrapper; it stops there
+        if passes is not None and self.trainer.position["epoch"] >= passes:
+            control.should_training_stop = True
 
     def on_save(self, args, state, control, **kwargs):
         self.trainer.save_selection(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))

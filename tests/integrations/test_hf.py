@@ -145,9 +145,39 @@ def test_a_corrupted_selection_checkpoint_is_refused(tmp_path):
         make_trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
 
 
-def test_max_steps_is_required(tmp_path):
-    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=1, report_to=[], use_cpu=True)
-    with pytest.raises(ValueError, match="max_steps"):
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_num_train_epochs_scores_every_row_once_per_epoch_then_stops(tmp_path, epochs):
+    """#29: num_train_epochs, the Trainer's most common argument, was refused. The wrapper's passes are the
+    epochs: every row scored exactly `epochs` times, then training stops (with fewer optimizer steps than the
+    bound the Trainer was told, since not every row is selected)."""
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=8,
+                             gradient_accumulation_steps=2, report_to=[], use_cpu=True, seed=0,
+                             disable_tqdm=True)  # fmt: skip
+    sb = sbkernels.SelectiveBackprop(4, sbkernels.SB(beta=1.0, history_size=32, seed=1), pad_values={"input_ids": PAD})
+    trainer = Recording(model=model(), args=args, train_dataset=sequences(40, 0), data_collator=collate,
+                        selective_backprop=sb)  # fmt: skip
+    trainer.train()
+    assert sb.counts["scored"] == 40 * epochs
+    assert trainer.position == {"epoch": epochs, "batches": 0}
+    rows = [tuple(ids[mask.bool()].tolist()) for batch in trainer.trained
+            for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]  # fmt: skip
+    assert len(rows) == sb.counts["backward"] and max(rows.count(row) for row in rows) <= epochs
+    assert 0 < trainer.state.global_step < args.max_steps == epochs * 10 // 2
+
+
+def test_max_steps_wins_over_num_train_epochs(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=5, max_steps=2, per_device_train_batch_size=8,
+                             report_to=[], use_cpu=True, disable_tqdm=True)  # fmt: skip
+    sb = sbkernels.SelectiveBackprop(4, sbkernels.SB(history_size=32), pad_values={"input_ids": PAD})
+    trainer = Recording(model=model(), args=args, train_dataset=sequences(40, 0), data_collator=collate,
+                        selective_backprop=sb)  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.passes is None
+
+
+def test_a_fractional_num_train_epochs_is_refused(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=1.5, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="whole number"):
         SelectiveBackpropTrainer(
             model=model(), args=args, train_dataset=sequences(8, 0), data_collator=collate,
             selective_backprop=sbkernels.SelectiveBackprop(4),
