@@ -335,3 +335,40 @@ def test_a_checkpoint_with_a_backward_batch_waiting_for_its_step_resumes_exactly
         for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert any(waiting), waiting
+
+
+class ValidatedLanguageModel(LanguageModel):
+    """The GPT-2 module with accumulation 2 and a validation loop (the model's own loss, untouched by SB)."""
+
+    def __init__(self) -> None:
+        super().__init__("hidden")
+        self.accumulate_grad_batches = self.engine.accumulate = 2
+        self.validated = 0
+
+    def validation_step(self, batch, batch_idx):
+        self.validated += batch["input_ids"].shape[0]
+        self.log("val_loss", self.model(**batch).loss)
+
+
+def test_a_hugging_face_lm_in_lightning_end_to_end_with_a_mid_epoch_resume(tmp_path):
+    """#29: a Lightning Trainer with a Hugging Face LM scored from its hidden states through ``score``, batches
+    padded per batch by the collator, accumulation 2, validation each epoch, and a resume from a mid-epoch
+    checkpoint: the resumed run trains the uninterrupted run's sequences and ends with its parameters."""
+    full = ValidatedLanguageModel()
+    trainer(tmp_path / "full", epochs=2, enable_checkpointing=False).fit(full, lm_loader(), lm_loader())
+    assert full.validated == 2 * 48 and full.selective_backprop.counts["scored"] == 2 * 48
+    widths = {batch["input_ids"].shape[1] for batch in full.trained}
+    assert len(widths) > 1  # backward batches of different lengths, re-padded
+    path = tmp_path / "mid.ckpt"
+    trainer(tmp_path / "first", epochs=2, enable_checkpointing=False, callbacks=[SaveAt(2, path)]).fit(
+        ValidatedLanguageModel(), lm_loader(), lm_loader()
+    )
+    resumed = ValidatedLanguageModel()
+    trainer(tmp_path / "resumed", epochs=2, enable_checkpointing=False).fit(
+        resumed, lm_loader(), lm_loader(), ckpt_path=str(path)
+    )
+    done = len(full.trained) - len(resumed.trained)
+    for a, b in zip(full.trained[done:], resumed.trained, strict=True):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
