@@ -170,12 +170,12 @@ def test_a_pad_value_the_field_cannot_hold_is_refused(pad, dtype) -> None:
 )
 def test_pad_values_the_field_holds_pad_it(pad, dtype) -> None:
     """Control: values the dtype holds exactly are used as given."""
-    sb = SelectiveBackprop(2, Uniform(rate=1.0), pad_values={"input_ids": pad})
-    for width in (3, 5):
+    sb = SelectiveBackprop(4, Uniform(rate=1.0), pad_values={"input_ids": pad})
+    for width in (3, 5):  # one backward batch of both pushes' rows: the first two re-padded to 5
         batch = {"input_ids": torch.zeros(2, width, dtype=dtype), "labels": torch.zeros(2, width, dtype=torch.int64)}
         sb.observe(torch.rand(2), None, batch)
     padded = next(batch.data["input_ids"] for batch in sb.flush())
-    assert padded.shape == (2, 5) and torch.equal(padded[:, 3:], torch.full((2, 2), pad, dtype=dtype))
+    assert padded.shape == (4, 5) and torch.equal(padded[:2, 3:], torch.full((2, 2), pad, dtype=dtype))
 
 
 # --- two threads on one SelectorState (item 10) ---------------------------------------------------------------------

@@ -20,7 +20,8 @@ uses the evaluation dataloader, untouched: no selection, no change of the select
   does not match the model's label alignment (a masked LM needs ``shift=False``) raises; hidden states
   that do not give the model's losses (a head transform, a logit cap) make ``scoring="auto"`` use the
   logits, with a warning.
-- Padding: batches of different lengths are re-padded to the longest one the pool holds, ``input_ids``
+- Padding: batches of different lengths are re-padded (each backward batch as wide as the widest loader
+  batch its rows came from), ``input_ids``
   with the tokenizer's pad id (``processing_class``, or the collator's ``tokenizer``) unless the
   ``SelectiveBackprop``'s ``pad_values`` names it; ``labels`` with -100 and ``attention_mask`` with 0.
 - Epochs: ``num_train_epochs`` passes over the training set (``max_steps``, when given, wins, as in the

@@ -6,7 +6,8 @@ that list, and a pooled list back into a :class:`BackwardBatch` with the same st
 type). Every field travels by name: a field that is not per row is refused with its name, never dropped.
 
 Padding (SPEC section 9): batches from a collator that pads each batch to its own longest sequence differ
-in dim 1. A field with a pad value is re-padded by the pool to the longest length it holds; by default
+in dim 1. A field with a pad value is re-padded by the pool, and each backward batch is as wide as the
+widest observed batch its rows came from (never the widest the pool ever held); by default
 ``labels`` pad with -100 and ``attention_mask`` with 0 (``PAD_DEFAULTS``); ``input_ids`` needs the
 tokenizer's pad id, given by the caller.
 """

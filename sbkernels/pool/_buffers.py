@@ -110,13 +110,14 @@ class RowBuffers:
         sources = [t.permute(layout.perm) for t, layout in zip(tensors, self.layouts, strict=True)]
         gather_rows(sources, indices, count, self.buffers, self.cursor)
 
-    def take_batch(self) -> tuple[Tensor, ...]:
+    def take_batch(self, widths: tuple[int | None, ...] | None = None) -> tuple[Tensor, ...]:
         """A copy of the first ``batch_size`` rows (owned by the caller); the rest move to the front.
 
         The copy is what makes a batch safe to keep: the buffers are reused from take to take, so a view
         would change under a caller that holds several batches (gradient accumulation). ``clone`` keeps
-        each buffer's dim order (channels_last stays channels_last)."""
-        batch = tuple(v.clone() for v in self.views(self.batch_size))
+        each buffer's dim order (channels_last stays channels_last). ``widths`` cut padded tensors' dim 1 to
+        the widest push the rows came from (the copy then holds no column of padding only)."""
+        batch = tuple(v.clone() for v in self.views(self.batch_size, widths))
         remaining = self.cursor[CURSOR_OFFSET] - self.batch_size  # device-side count of rows kept
         self._spare_cursor.narrow(0, CURSOR_OFFSET, 1).zero_()
         gather_rows(self.buffers, self._kept, remaining, self.spare, self._spare_cursor)
@@ -124,9 +125,14 @@ class RowBuffers:
         self.cursor, self._spare_cursor = self._spare_cursor, self.cursor
         return batch
 
-    def views(self, rows: int) -> tuple[Tensor, ...]:
-        """The first ``rows`` rows of every buffer, in the pushed tensors' dim order (no copy)."""
-        return tuple(b[:rows].permute(lay.inverse) for b, lay in zip(self.buffers, self.layouts, strict=True))
+    def views(self, rows: int, widths: tuple[int | None, ...] | None = None) -> tuple[Tensor, ...]:
+        """The first ``rows`` rows of every buffer, in the pushed tensors' dim order (no copy); a tensor with a
+        width in ``widths`` cut to it along dim 1 (padded tensors are stored in their logical dim order)."""
+        views = [b[:rows].permute(lay.inverse) for b, lay in zip(self.buffers, self.layouts, strict=True)]
+        for i, width in enumerate(widths or ()):
+            if width is not None and width < views[i].shape[1]:
+                views[i] = views[i][:, :width]
+        return tuple(views)
 
     def clear(self) -> None:
         self.cursor.narrow(0, CURSOR_OFFSET, 1).zero_()

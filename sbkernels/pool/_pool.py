@@ -47,7 +47,8 @@ class SelectionPool:
 
     Variable lengths (SPEC section 9): ``pad_values`` gives, per pushed tensor, the value that pads its dim 1
     (None: that tensor's shape is fixed). The pool then keeps every row of batches padded to different
-    lengths, re-padding each such tensor to the longest length it holds. ``names`` name the tensors in errors.
+    lengths, re-padding each such tensor; a batch handed out is cut to the widest push its rows came from,
+    which the host knows from each push's width and row count (no wait). ``names`` name the tensors in errors.
 
     Threads: a pool belongs to one thread at a time. A call that overlaps another thread's call on the same
     pool raises ``RuntimeError`` instead of handing out rows twice; guard a shared pool with a lock.
@@ -136,12 +137,13 @@ class SelectionPool:
         n = selection.indices.shape[0]
         if not checked:
             self.check_push(n, tensors)
+        widths = self._widths(tensors)  # before re-padding: the push's own widths
         if self._buffers is None:
             self._start(tensors, n, selection.indices.device)
         tensors = self._fit(tensors)
         self._make_room(n)
         self._held.append(selection.indices, selection.count, tensors)
-        self._count.pushed(self._held.cursor, n)
+        self._count.pushed(self._held.cursor, n, widths)
 
     def ready_batches(self, sync: bool = False) -> Iterator[tuple[Tensor, ...]]:
         """Yield every batch of exactly ``batch_size`` rows the host knows is complete.
@@ -168,8 +170,7 @@ class SelectionPool:
         while True:
             count.poll()
             if count.known >= self.batch_size:
-                count.took(self.batch_size)
-                return self._held.take_batch()
+                return self._held.take_batch(count.took(self.batch_size))
             if not count.in_flight or count.upper_bound + count.largest_push <= self._held.capacity:
                 return None
             count.wait_oldest()  # the bounds cannot show that the next push fits: learn the count, drain
@@ -189,7 +190,8 @@ class SelectionPool:
             return None
         with self._exclusive("drain"):
             self._count.wait_all()
-            batch = tuple(t.clone() for t in self._held.views(self._count.known))
+            held = self._count.known
+            batch = tuple(t.clone() for t in self._held.views(held, self._count.took(held)))
             self._held.clear()
             self._count.reset(0)  # empty: the counts since the last flush start again
         return batch
@@ -212,8 +214,7 @@ class SelectionPool:
             count.wait_oldest()
         if count.known < self.batch_size:
             raise RuntimeError(f"take_batch: the pool holds {count.known} rows, fewer than {self.batch_size}")
-        count.took(self.batch_size)
-        return self._held.take_batch()
+        return self._held.take_batch(count.took(self.batch_size))
 
     def check(self) -> None:
         """Synchronize and raise if any row was ever dropped (overflow) or any index was out of range."""
@@ -253,13 +254,23 @@ class SelectionPool:
         else:
             self._start(tuple(rows), max(rows[0].shape[0], 1), rows[0].device)
         self._held.load(list(self._fit(tuple(rows))))
-        self._count.reset(rows[0].shape[0], rows_out)
+        self._count.reset(rows[0].shape[0], rows_out, self._widths(tuple(rows)))
 
     # ---------------------------------------------------------------------------------------- private
     def _tensor_names(self, count: int) -> list[str]:
         if self._names is not None and len(self._names) == count:
             return self._names
         return [f"tensor {i}" for i in range(count)]
+
+    def _widths(self, tensors: tuple[Tensor, ...]) -> tuple[int | None, ...]:
+        """Each padded tensor's dim 1 as pushed (None for the others; () when nothing is padded): a backward
+        batch is cut to the widest push its rows came from, so padding follows the batch (SPEC section 9)."""
+        pads = self._padded(len(tensors))
+        if all(pad is None for pad in pads):
+            return ()
+        return tuple(
+            t.shape[1] if pad is not None and t.dim() >= 2 else None for t, pad in zip(tensors, pads, strict=True)
+        )
 
     def _padded(self, count: int) -> list[int | float | None]:
         if self._pads is None:

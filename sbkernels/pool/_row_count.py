@@ -64,11 +64,15 @@ class EventReadback:
 ReadbackFactory = Callable[[Tensor], Readback]
 
 
+Widths = tuple[int | None, ...]  # per pooled tensor: its dim 1 in one push (None: a tensor of fixed shape)
+
+
 @dataclass
 class _InFlight:
     readback: Readback
     rows_out: int  # rows handed out before this readback was started
     rows_pushed: int  # the most its push could add (its N)
+    widths: Widths  # the push's widths, for the batches its rows end up in
 
 
 class RowCount:
@@ -81,20 +85,24 @@ class RowCount:
         self.largest_push = 0
         self.host_waits = 0  # waits for a readback, each one a host-GPU sync on CUDA
         self._in_flight: deque[_InFlight] = deque()
+        #: pushes whose rows are counted and not all handed out: (rows in after the push, its widths)
+        self._pushes: deque[tuple[int, Widths]] = deque()
 
-    def pushed(self, cursor: Tensor, rows_pushed: int) -> None:
-        """Record a push of at most ``rows_pushed`` rows whose gather advanced ``cursor``."""
+    def pushed(self, cursor: Tensor, rows_pushed: int, widths: Widths = ()) -> None:
+        """Record a push of at most ``rows_pushed`` rows of dim-1 ``widths`` whose gather advanced ``cursor``."""
         self.largest_push = max(self.largest_push, rows_pushed)
         if self.readback is None:
             self.rows_in = int(cursor[CURSOR_OFFSET]) + self.rows_out
+            self._pushes.append((self.rows_in, widths))
             return
-        self._in_flight.append(_InFlight(self.readback(cursor), self.rows_out, rows_pushed))
+        self._in_flight.append(_InFlight(self.readback(cursor), self.rows_out, rows_pushed, widths))
 
     def poll(self) -> None:
         """Take in every readback that is done, oldest first; never waits."""
         while self._in_flight and self._in_flight[0].readback.done():
             done = self._in_flight.popleft()
             self.rows_in = max(self.rows_in, int(done.readback.host[CURSOR_OFFSET]) + done.rows_out)
+            self._pushes.append((self.rows_in, done.widths))
 
     @property
     def known(self) -> int:
@@ -120,10 +128,29 @@ class RowCount:
             self._in_flight[-1].readback.wait()
             self.poll()
 
-    def took(self, rows: int) -> None:
-        self.rows_out += rows
+    def took(self, rows: int) -> Widths | None:
+        """Hand out the next ``rows`` rows (known to be held); returns, per tensor, the widest any of them was
+        pushed at (rows are handed out in push order, so they came from the pushes counted first), or None
+        when no push told its widths."""
+        start, end = self.rows_out, self.rows_out + rows
+        self.rows_out = end
+        widest: Widths | None = None
+        for pushed_end, widths in self._pushes:
+            if pushed_end > start and widths:
+                widest = widths if widest is None else tuple(_wider(a, b) for a, b in zip(widest, widths, strict=True))
+            if pushed_end >= end:
+                break
+        while self._pushes and self._pushes[0][0] <= end:  # pushes whose rows are all handed out
+            self._pushes.popleft()
+        return widest
 
-    def reset(self, held: int, rows_out: int = 0) -> None:
-        """Start over knowing exactly ``held`` rows and ``rows_out`` handed out (after a flush, a checkpoint)."""
+    def reset(self, held: int, rows_out: int = 0, widths: Widths = ()) -> None:
+        """Start over knowing exactly ``held`` rows (of ``widths``) and ``rows_out`` handed out (after a flush, a
+        checkpoint)."""
         self.wait_all()
         self.rows_in, self.rows_out = rows_out + held, rows_out
+        self._pushes = deque([(self.rows_in, widths)] if held else [])
+
+
+def _wider(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else max(a, b)

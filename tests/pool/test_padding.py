@@ -126,6 +126,43 @@ def test_the_raw_pool_takes_pad_values_and_names():
     pool.push(every, torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 4))
     pool.push(every, torch.full((2, 5), 2), torch.ones(2, 4))
     first, second = pool.ready_batches(sync=True)
-    assert first[0].tolist() == [[1, 1, 1, 0, 0]] * 2 and second[0].tolist() == [[2] * 5] * 2
+    assert first[0].tolist() == [[1, 1, 1]] * 2 and second[0].tolist() == [[2] * 5] * 2  # as wide as pushed
     with pytest.raises(ValueError, match=r"weights has rows \(5,\)"):
         pool.push(every, torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("late", [False, True])
+@pytest.mark.parametrize("policy", ["uniform", "sb"])
+def test_a_backward_batch_is_never_wider_than_the_widest_push_its_rows_came_from(late, policy):
+    """#30: the pool re-padded every batch to the longest sequence it ever held, so after one 128-token
+    sequence every batch of 8-token rows was (B, 128). Each batch is now cut to the widest loader batch its
+    rows came from, known on the host from each push's width and row count (late readbacks: the GPU's
+    asynchronous path). Every row still comes out once, its own tokens intact and padded with its pad."""
+    from tests.helpers import LateReadbacks
+
+    gen = torch.Generator().manual_seed(7)
+    chosen = Uniform(rate=0.6, seed=1) if policy == "uniform" else sbkernels.SB(beta=1.0, history_size=16, seed=1)
+    sb = sbkernels.SelectiveBackprop(
+        3, chosen, pad_values={"input_ids": PAD_ID}, readback=LateReadbacks(3, seed=2) if late else None
+    )
+    widths, originals, seen = {}, {}, []
+    lengths_per_step = [[120, 3], *([[int(n) for n in torch.randint(2, 9, (4,), generator=gen)]] * 12)]
+    batches = []
+    for step, lengths in enumerate(lengths_per_step):
+        batch, _ = collated(lengths, seed=step)
+        ids = torch.arange(len(lengths)) + 10 * step
+        for i, sample in enumerate(ids.tolist()):
+            widths[sample], originals[sample] = max(lengths), batch["input_ids"][i]
+        sb.observe(torch.rand(len(lengths), generator=gen), None, batch, sample_ids=ids)
+        batches += list(sb.ready_batches())
+    batches += list(sb.flush())
+    for out in batches:
+        width = out.data["input_ids"].shape[1]
+        assert width == max(widths[s] for s in out.sample_ids.tolist())  # the widest push, no wider
+        for i, sample in enumerate(out.sample_ids.tolist()):
+            row, own = out.data["input_ids"][i], originals[sample]
+            keep = min(width, own.shape[0])
+            assert torch.equal(row[:keep], own[:keep]) and bool((row[keep:] == PAD_ID).all())
+            seen.append(sample)
+    assert len(seen) == len(set(seen)) and sb.counts["backward"] == len(seen)
+    assert max(out.data["input_ids"].shape[1] for out in batches[-3:]) < 120  # the long row is gone by then
