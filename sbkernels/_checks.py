@@ -205,6 +205,14 @@ def check_sequence_hidden(hidden: object, weight: object, bias: object, labels: 
     _check_labels(labels, hidden.shape[0], hidden.shape[1], hidden.device)
 
 
+def check_head_transform(softcap: object, logit_scale: object) -> None:
+    """A capped or scaled LM head: ``softcap`` None or a finite number > 0, ``logit_scale`` finite > 0."""
+    if softcap is not None and (not _is_real(softcap) or softcap <= 0):
+        _fail(f"softcap must be None or a finite number > 0 (e.g. config.final_logit_softcapping), got {softcap!r}")
+    if not _is_real(logit_scale) or logit_scale <= 0:
+        _fail(f"logit_scale must be a finite number > 0 (e.g. config.logit_scale), got {logit_scale!r}")
+
+
 def check_sequence_options(shift: object, reduction: object, label_smoothing: object) -> None:
     if not isinstance(shift, bool):
         _fail(f"shift must be a bool, got {shift!r}")

@@ -36,6 +36,8 @@ def sequence_losses(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     backend: str | None = None,
 ) -> Tensor:
     """(B,) float32 loss per sequence of LM logits (B, T, V) and labels (B, T).
@@ -46,6 +48,9 @@ def sequence_losses(
         shift: the causal shift of Hugging Face models: position t is scored against label t + 1.
         reduction: "mean" over each sequence's valid tokens, or "sum".
         label_smoothing: as in ``F.cross_entropy``, in [0, 1).
+        softcap, logit_scale: a capped or scaled head's transform of every logit before the loss,
+            ``softcap * tanh(logit_scale * x / softcap)`` (:func:`sbkernels.reference.head_logits`): Gemma-2's
+            ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``.
         backend: "auto" (Triton on CUDA, native C++ on CPU), "native", "triton" or "reference".
 
     A sequence with no valid token gets loss 0 (policies treat it as an ignored row: never selected); one
@@ -53,9 +58,11 @@ def sequence_losses(
     """
     checks.check_sequence_logits(logits, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
+    checks.check_head_transform(softcap, logit_scale)
     loss, _ = ops.sequence_losses(
         logits=logits, labels=labels, shift=shift, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, backend=ops.resolve(backend, logits.device),
+        label_smoothing=label_smoothing, softcap=softcap, logit_scale=logit_scale,
+        backend=ops.resolve(backend, logits.device),
     )  # fmt: skip
     return loss
 
@@ -70,6 +77,8 @@ def linear_sequence_losses(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
     tile_bytes: int = TILE_BYTES,
     backend: str | None = None,
 ) -> Tensor:
@@ -80,15 +89,18 @@ def linear_sequence_losses(
     the same dtype; under autocast both are cast to its dtype first, as the head's own ``F.linear`` would
     (:func:`autocast_head`). The logits are formed and reduced one tile of at most ``tile_bytes`` at a time
     (on CPU; on CUDA one Triton kernel keeps each tile in registers), so the extra memory is one tile,
-    whatever B, T and V.
+    whatever B, T and V. ``softcap`` and ``logit_scale`` as in :func:`sequence_losses`, applied to each tile
+    (in the fused Triton kernel, in registers).
     """
     hidden, weight, bias = autocast_head(hidden, weight, bias)
     checks.check_sequence_hidden(hidden, weight, bias, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
+    checks.check_head_transform(softcap, logit_scale)
     checks.check_int("tile_bytes", tile_bytes, 1, 2**62)
     loss, _ = ops.linear_sequence_losses(
         hidden=hidden, weight=weight, bias=bias, labels=labels, shift=shift, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, tile_bytes=tile_bytes,
+        reduction=reduction, label_smoothing=label_smoothing, softcap=softcap, logit_scale=logit_scale,
+        tile_bytes=tile_bytes,
         backend=ops.resolve(backend, hidden.device),
     )  # fmt: skip
     return loss

@@ -251,6 +251,16 @@ def token_losses(
     return cross_entropy(rows, targets, ignore_index, label_smoothing)[0].view(batch, scored)
 
 
+def head_logits(logits: torch.Tensor, softcap: float | None, logit_scale: float) -> torch.Tensor:
+    """The logits a soft-capped or scaled LM head trains on (SPEC section 9): ``logit_scale * x`` (Cohere's
+    ``logit_scale``; Granite divides by ``logits_scaling``), then ``softcap * tanh(. / softcap)`` (Gemma-2's
+    ``final_logit_softcapping``), in float32. Unchanged logits when neither is set."""
+    if softcap is None and logit_scale == 1.0:
+        return logits
+    x = logits.float() * logit_scale
+    return x if softcap is None else softcap * torch.tanh(x / softcap)
+
+
 def reduce_sequences(
     token_loss: torch.Tensor, scored_labels: torch.Tensor, vocab: int, ignore_index: int, reduction: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -273,10 +283,11 @@ def reduce_sequences(
 
 def sequence_losses(
     logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, ignore_index: int = -100,
-    reduction: str = "mean", label_smoothing: float = 0.0,
+    reduction: str = "mean", label_smoothing: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """``(loss, ignored, bad)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9)."""
-    token_loss = token_losses(logits, labels, shift, ignore_index, label_smoothing)
+    """``(loss, ignored, bad)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9), of a
+    capped or scaled head's logits (:func:`head_logits`) when ``softcap`` or ``logit_scale`` is given."""
+    token_loss = token_losses(head_logits(logits, softcap, logit_scale), labels, shift, ignore_index, label_smoothing)
     offset = 1 if shift else 0
     scored_labels = labels[:, offset : offset + token_loss.shape[1]]
     return reduce_sequences(token_loss, scored_labels, logits.shape[2], ignore_index, reduction)

@@ -149,6 +149,8 @@ class SelectiveBackprop:
         sample_ids: Tensor | None = None,
         features: Tensor | None = None,
         lm_head: nn.Module | Tensor | None = None,
+        softcap: float | None = None,
+        logit_scale: float = 1.0,
     ) -> Selection:
         """Select rows of this batch and queue them for the backward pass. Never synchronizes.
 
@@ -162,13 +164,15 @@ class SelectiveBackprop:
             features: (N, ...) penultimate activations, for ``GradMatch``.
             lm_head: the LM head (a module with ``.weight``, or the (V, H) weight) when ``scores`` are hidden
                 states: the sequences are scored by :func:`sbkernels.linear_sequence_losses`.
+            softcap, logit_scale: a language model's capped or scaled head (Gemma-2's
+                ``final_logit_softcapping``, Cohere's ``logit_scale``), as in :func:`sbkernels.sequence_losses`.
         """
         with self._exclusive("observe"):
-            return self._observe(scores, targets, batch, sample_ids, features, lm_head)
+            return self._observe(scores, targets, batch, sample_ids, features, lm_head, (softcap, logit_scale))
 
     def _observe(
         self, scores: Tensor | None, targets: Tensor | None, batch: tuple[Any, ...], sample_ids: Tensor | None,
-        features: Tensor | None, lm_head: nn.Module | Tensor | None,
+        features: Tensor | None, lm_head: nn.Module | Tensor | None, head: tuple[float | None, float] = (None, 1.0),
     ) -> Selection:  # fmt: skip
         first = self.spec is None
         if self.spec is None:
@@ -201,7 +205,7 @@ class SelectiveBackprop:
             source, targets = self.stale.cached(sample_ids), None
         flags = None
         if fresh and (lm_head is not None or source.dim() == 3):  # whole sequences of a language model
-            source, flags = self._sequence_losses(source, targets, lm_head)
+            source, flags = self._sequence_losses(source, targets, lm_head, head)
             targets = None
         if self.selecting() and flags is not None:
             selection = self.policy.select_rows(source, flags, self.policy.state_on(device))
@@ -310,16 +314,21 @@ class SelectiveBackprop:
         self.spec = spec
 
     def _sequence_losses(
-        self, scores: Tensor, labels: Tensor | None, lm_head: nn.Module | Tensor | None
+        self,
+        scores: Tensor,
+        labels: Tensor | None,
+        lm_head: nn.Module | Tensor | None,
+        head: tuple[float | None, float],
     ) -> tuple[Tensor, Tensor]:
-        """``(loss, flags)`` per sequence from LM logits, or from hidden states and the LM head."""
+        """``(loss, flags)`` per sequence from LM logits, or from hidden states and the LM head; ``head`` is a
+        capped or scaled head's ``(softcap, logit_scale)``."""
         if labels is None:
             raise ValueError("a language-model batch needs its (B, T) labels as targets")
         if lm_head is None:
-            return self.policy.sequence_losses(scores, labels)
+            return self.policy.sequence_losses(scores, labels, *head)
         weight, bias = lm_head_parameters(lm_head)
         return self.policy.linear_sequence_losses(
-            scores.detach(), weight.detach(), None if bias is None else bias.detach(), labels
+            scores.detach(), weight.detach(), None if bias is None else bias.detach(), labels, *head
         )
 
     def _everything(self, scores: Tensor, targets: Tensor | None) -> Selection:

@@ -78,13 +78,34 @@ def check_label_alignment(
         )
 
 
-def hidden_state_error(logits: Tensor, hidden: Tensor, head: Any, labels: Tensor, policy: Any) -> float:
+def head_transform(model: Any) -> dict[str, Any]:
+    """``softcap`` and ``logit_scale`` of a model whose logits are a capped or scaled ``hidden @ W.T``, read from
+    its config: Gemma-2/3's ``final_logit_softcapping``, Cohere's ``logit_scale`` (a factor), Granite's
+    ``logits_scaling`` (a divisor). Empty for a plain head."""
+    config = getattr(model, "config", None)
+    transform: dict[str, Any] = {}
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if isinstance(softcap, (int, float)) and softcap > 0:
+        transform["softcap"] = float(softcap)
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0:
+        transform["logit_scale"] = float(scale)
+    divisor = getattr(config, "logits_scaling", None)
+    if isinstance(divisor, (int, float)) and not isinstance(divisor, bool) and divisor > 0:
+        transform["logit_scale"] = transform.get("logit_scale", 1.0) / float(divisor)
+    return transform
+
+
+def hidden_state_error(
+    logits: Tensor, hidden: Tensor, head: Any, labels: Tensor, policy: Any, softcap: float | None = None,
+    logit_scale: float = 1.0,
+) -> float:  # fmt: skip
     """The largest difference between the batch's per-sequence losses from the model's logits and from the
-    hidden states and ``head`` (over the sequences both score as finite)."""
+    hidden states and ``head`` with the head's transform (over the sequences both score as finite)."""
     from_logits, _ = policy.sequence_losses(logits, labels)
     weight, bias = lm_head_parameters(head)
     from_hidden, _ = policy.linear_sequence_losses(
-        hidden, weight.detach(), None if bias is None else bias.detach(), labels
+        hidden, weight.detach(), None if bias is None else bias.detach(), labels, softcap, logit_scale
     )
     both = torch.isfinite(from_logits) & torch.isfinite(from_hidden)
     return float((from_logits - from_hidden).abs().masked_fill(~both, 0.0).max()) if both.numel() else 0.0

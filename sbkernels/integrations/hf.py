@@ -64,7 +64,13 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from ..trainer import SelectiveBackprop
 from ._engine import SelectionEngine
-from ._lm_scoring import HIDDEN_STATE_TOLERANCE, check_label_alignment, declared_shift, hidden_state_error
+from ._lm_scoring import (
+    HIDDEN_STATE_TOLERANCE,
+    check_label_alignment,
+    declared_shift,
+    head_transform,
+    hidden_state_error,
+)
 
 STATE_FILE = "selective_backprop.pt"
 
@@ -218,7 +224,9 @@ class SelectiveBackpropTrainer(Trainer):
                     self._hidden_scoring = self._decide_scoring(model, batch)
                 if self._hidden_scoring:  # None (no batch with a valid token yet): from the logits
                     hidden = model.base_model(**inputs).last_hidden_state
-                    self.selective_backprop.observe(hidden, labels, batch, lm_head=model.get_output_embeddings())
+                    self.selective_backprop.observe(
+                        hidden, labels, batch, lm_head=model.get_output_embeddings(), **head_transform(model)
+                    )
                 else:
                     self.selective_backprop.observe(model(**inputs).logits, labels, batch)
         finally:
@@ -244,7 +252,8 @@ class SelectiveBackpropTrainer(Trainer):
                 raise ValueError("scoring='hidden' needs a model with output embeddings and a base model")
             return False
         inputs = {key: value for key, value in batch.items() if key != "labels"}
-        error = hidden_state_error(out.logits, base(**inputs).last_hidden_state, head, labels, policy)
+        hidden = base(**inputs).last_hidden_state
+        error = hidden_state_error(out.logits, hidden, head, labels, policy, **head_transform(model))
         if error <= HIDDEN_STATE_TOLERANCE:
             return True
         message = (

@@ -71,8 +71,8 @@ def launch_token_losses(
 @triton.jit
 def linear_token_losses_kernel(
     hidden_ptr, stride_hm, weight_ptr, stride_wv, bias_ptr, labels_ptr, stride_l, loss_ptr, N, V, H,
-    ignore_index, label_smoothing, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
-    BLOCK_K: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    ignore_index, label_smoothing, softcap, logit_scale, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):  # fmt: skip
     """Token losses straight from hidden states (N, H) and the LM head (V, H): for ``BLOCK_M`` tokens, each
     vocabulary tile's logits are formed by ``tl.dot`` over H, accumulated in float32, and folded into an
@@ -80,7 +80,11 @@ def linear_token_losses_kernel(
 
     ``DOT_IN_FP32`` upcasts the bf16/fp16 tiles before the dot: triton 3.9's interpreter multiplies bf16
     operands as raw bits, so the interpreted tests run the float32 dot; compiled kernels dot bf16/fp16
-    directly (tensor cores) and float32 with ``input_precision="ieee"``."""
+    directly (tensor cores) and float32 with ``input_precision="ieee"``.
+
+    A capped or scaled head (``sbkernels.reference.head_logits``): each tile is multiplied by ``logit_scale``
+    and, with ``HAS_SOFTCAP``, capped as ``softcap * tanh(x / softcap)``, tanh from one exp (1 - 2 / (e^2y + 1):
+    +-1 at +-inf, no overflow to NaN), before the columns past V are masked to -inf."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_range = rows < N
     rows64 = rows.to(tl.int64)
@@ -106,6 +110,9 @@ def linear_token_losses_kernel(
             logits = tl.dot(h, tl.trans(w), logits, input_precision="ieee")
         if HAS_BIAS:
             logits += tl.load(bias_ptr + cols, mask=in_vocab, other=0.0).to(tl.float32)[None, :]
+        logits = logits * logit_scale
+        if HAS_SOFTCAP:
+            logits = softcap * (1.0 - 2.0 / (tl.exp(2.0 * logits / softcap) + 1.0))
         valid = in_range[:, None] & in_vocab[None, :]
         logits = tl.where(valid, logits, float("-inf"))
         m, scale, e = online_softmax_step(m, logits)
@@ -129,7 +136,7 @@ def linear_blocks(n: int, vocab: int, width: int) -> dict[str, int]:
 
 def launch_linear_token_losses(
     *, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-    ignore_index: int, label_smoothing: float,
+    ignore_index: int, label_smoothing: float, softcap: float | None = None, logit_scale: float = 1.0,
 ) -> torch.Tensor:  # fmt: skip
     """(N,) float32 token losses of ``hidden`` (N, H) against ``labels`` (N,) through the LM head, fused."""
     n, width = hidden.shape
@@ -147,6 +154,7 @@ def launch_linear_token_losses(
         hidden_ptr=hidden, stride_hm=hidden.stride(0), weight_ptr=weight, stride_wv=weight.stride(0),
         bias_ptr=bias if bias is not None else weight, labels_ptr=labels, stride_l=labels.stride(0), loss_ptr=loss,
         N=n, V=vocab, H=width, ignore_index=ignore_index, label_smoothing=float(label_smoothing),
-        HAS_BIAS=bias is not None, DOT_IN_FP32=interpreting(), **config,
+        softcap=float(softcap or 1.0), logit_scale=float(logit_scale), HAS_BIAS=bias is not None,
+        HAS_SOFTCAP=softcap is not None, DOT_IN_FP32=interpreting(), **config,
     )  # fmt: skip
     return loss

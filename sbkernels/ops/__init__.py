@@ -105,21 +105,25 @@ def row_losses(
 
 def sequence_losses(
     *, logits: Tensor, labels: Tensor, shift: bool = True, ignore_index: int = -100, reduction: str = "mean",
-    label_smoothing: float = 0.0, backend: str,
+    label_smoothing: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``(loss, flags)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9)."""
-    return call("sequence_losses", logits, labels, shift, ignore_index, reduction, float(label_smoothing), backend)
+    """``(loss, flags)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9); a capped or
+    scaled head's transform (:func:`sbkernels.reference.head_logits`) applied to the logits first."""
+    return call(
+        "sequence_losses", logits, labels, shift, ignore_index, reduction, float(label_smoothing),
+        float(softcap or 0.0), float(logit_scale), backend,
+    )  # fmt: skip
 
 
 def linear_sequence_losses(
     *, hidden: Tensor, weight: Tensor, bias: Tensor | None = None, labels: Tensor, shift: bool = True,
     ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-    tile_bytes: int = TILE_BYTES,
+    softcap: float | None = None, logit_scale: float = 1.0, tile_bytes: int = TILE_BYTES,
     backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """As :func:`sequence_losses` with ``logits = hidden @ weight.T + bias``, never holding more than a tile
     of ``tile_bytes`` of those logits."""
     return call(
         "linear_sequence_losses", hidden, weight, bias, labels, shift, ignore_index, reduction,
-        float(label_smoothing), tile_bytes, backend,
+        float(label_smoothing), float(softcap or 0.0), float(logit_scale), tile_bytes, backend,
     )  # fmt: skip

@@ -136,29 +136,35 @@ def _row_losses(
     return loss, row_flags(ignored, bad)
 
 
-def _check_sequence_losses(logits, labels, shift, ignore_index, reduction, label_smoothing, backend) -> None:
+def _check_sequence_losses(
+    logits, labels, shift, ignore_index, reduction, label_smoothing, softcap, logit_scale, backend
+) -> None:
     checks.check_sequence_logits(logits, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
+    checks.check_head_transform(softcap or None, logit_scale)
     check_resolved(backend, logits.device)
 
 
 @register_op("sequence_losses", mutates_args={}, check=_check_sequence_losses)
 def _sequence_losses(
     logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, reduction: str, label_smoothing: float,
-    backend: str,
+    softcap: float, logit_scale: float, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``(loss, flags)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9)."""
+    """``(loss, flags)`` per sequence of LM logits (B, T, V) and labels (B, T) (SPEC section 9); ``softcap``
+    0 means none (the schema has no optional float)."""
     return kernel("sequence_losses", backend)(
         logits=logits, labels=labels, shift=shift, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing,
+        label_smoothing=label_smoothing, softcap=softcap or None, logit_scale=logit_scale,
     )  # fmt: skip
 
 
 def _check_linear_sequence_losses(
-    hidden, weight, bias, labels, shift, ignore_index, reduction, label_smoothing, tile_bytes, backend
-) -> None:
+    hidden, weight, bias, labels, shift, ignore_index, reduction, label_smoothing, softcap, logit_scale, tile_bytes,
+    backend,
+) -> None:  # fmt: skip
     checks.check_sequence_hidden(hidden, weight, bias, labels)
     checks.check_sequence_options(shift, reduction, label_smoothing)
+    checks.check_head_transform(softcap or None, logit_scale)
     checks.check_int("tile_bytes", tile_bytes, 1, 2**62)
     check_resolved(backend, hidden.device)
 
@@ -166,10 +172,11 @@ def _check_linear_sequence_losses(
 @register_op("linear_sequence_losses", mutates_args={}, check=_check_linear_sequence_losses)
 def _linear_sequence_losses(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, shift: bool, ignore_index: int,
-    reduction: str, label_smoothing: float, tile_bytes: int, backend: str,
+    reduction: str, label_smoothing: float, softcap: float, logit_scale: float, tile_bytes: int, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``(loss, flags)`` per sequence from the last hidden states and the LM head, never forming (B, T, V)."""
     return kernel("linear_sequence_losses", backend)(
         hidden=hidden, weight=weight, bias=bias, labels=labels, shift=shift, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, tile_bytes=tile_bytes,
+        reduction=reduction, label_smoothing=label_smoothing, tile_bytes=tile_bytes, softcap=softcap or None,
+        logit_scale=logit_scale,
     )  # fmt: skip

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..reference import loss_from_stats, reduce_sequences
+from ..reference import head_logits, loss_from_stats, reduce_sequences
 from ._rows import row_flags
 
 TokenKernel = Callable[..., Tensor]
@@ -44,9 +44,12 @@ def _position_targets(labels: Tensor, shift: bool, ignore_index: int) -> Tensor:
 
 def sequence_losses(
     token_losses: TokenKernel, *, logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, reduction: str,
-    label_smoothing: float,
+    label_smoothing: float, softcap: float | None = None, logit_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``(loss, flags)`` per sequence: (B,) float32 and :func:`~._rows.row_flags` (ignored: no valid token)."""
+    """``(loss, flags)`` per sequence: (B,) float32 and :func:`~._rows.row_flags` (ignored: no valid token).
+    A capped or scaled head's logits are transformed first, into a float32 copy (the logits route already
+    holds the logits; the linear forms transform each tile, or in registers)."""
+    logits = head_logits(logits, softcap, logit_scale)
     token_loss = token_losses(
         logits=logits, labels=labels, shift=shift, ignore_index=ignore_index, label_smoothing=label_smoothing
     )
@@ -56,6 +59,7 @@ def sequence_losses(
 def fused_linear_sequence_losses(
     linear_token_losses: Callable[..., Tensor], *, hidden: Tensor, weight: Tensor, bias: Tensor | None,
     labels: Tensor, shift: bool, ignore_index: int, reduction: str, label_smoothing: float, tile_bytes: int,
+    softcap: float | None = None, logit_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """As :func:`linear_sequence_losses`, with a kernel that forms each vocabulary tile's logits itself
     (Triton: ``tl.dot`` tiles in registers), so not even a tile of logits is stored; ``tile_bytes`` is
@@ -65,7 +69,7 @@ def fused_linear_sequence_losses(
     targets = _position_targets(labels, shift, ignore_index)
     token_loss = linear_token_losses(
         hidden=hidden.reshape(batch * length, width), weight=weight, bias=bias, labels=targets.reshape(-1),
-        ignore_index=ignore_index, label_smoothing=label_smoothing,
+        ignore_index=ignore_index, label_smoothing=label_smoothing, softcap=softcap, logit_scale=logit_scale,
     )  # fmt: skip
     return _sequences(_scored(token_loss.view(batch, length), shift), labels, shift, weight.shape[0], ignore_index,
                       reduction)  # fmt: skip
@@ -84,6 +88,7 @@ def tile_shape(tokens: int, vocab: int, elements: int) -> tuple[int, int]:
 def linear_sequence_losses(
     tile_stats: Callable[..., Tensor], *, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
     shift: bool, ignore_index: int, reduction: str, label_smoothing: float, tile_bytes: int,
+    softcap: float | None = None, logit_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """As :func:`sequence_losses` with ``logits = hidden @ weight.T + bias``, formed one tile at a time.
 
@@ -103,7 +108,7 @@ def linear_sequence_losses(
         stop = min(start + rows, tokens)
         stats = _row_stats(
             tile_stats, hidden_rows[start:stop], weight, bias, targets[start:stop], buffer, columns,
-            logit_sums=label_smoothing > 0,
+            logit_sums=label_smoothing > 0, softcap=softcap, logit_scale=logit_scale,
         )  # fmt: skip
         token_loss[start:stop] = loss_from_stats(
             stats[0], stats[1], stats[2], targets[start:stop], vocab, ignore_index, label_smoothing
@@ -113,9 +118,10 @@ def linear_sequence_losses(
 
 def _row_stats(
     tile_stats: Callable[..., Tensor], hidden_rows: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-    buffer: Tensor, columns: int, logit_sums: bool,
+    buffer: Tensor, columns: int, logit_sums: bool, softcap: float | None, logit_scale: float,
 ) -> Tensor:  # fmt: skip
-    """The (3, rows) statistics of these rows' logits over the whole vocabulary, ``columns`` at a time."""
+    """The (3, rows) statistics of these rows' logits over the whole vocabulary, ``columns`` at a time (a
+    capped or scaled head's transform applied to each tile in place: elementwise, small next to the product)."""
     rows, vocab = hidden_rows.shape[0], weight.shape[0]
     stats = None
     for first in range(0, vocab, columns):
@@ -126,6 +132,10 @@ def _row_stats(
             torch.mm(hidden_rows, head, out=tile)  # in hidden's dtype, as the model's logits
         else:
             torch.addmm(bias[first:last], hidden_rows, head, out=tile)
+        if logit_scale != 1.0:
+            tile.mul_(logit_scale)
+        if softcap is not None:  # in the tile's dtype, as the model caps its logits
+            tile.div_(softcap).tanh_().mul_(softcap)
         tile_stat = tile_stats(logits=tile, labels=targets, column_offset=first, logit_sums=logit_sums)
         stats = tile_stat if stats is None else _combine(stats, tile_stat)
     assert stats is not None  # vocab >= 1

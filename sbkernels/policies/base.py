@@ -82,24 +82,32 @@ class Policy:
             return self.select_rows(source, flags, state)
         return self.select(source, targets, state, features=features)
 
-    def sequence_losses(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """``(loss, flags)`` per sequence of LM logits, as this policy scores them (SPEC section 9)."""
+    def sequence_losses(
+        self, logits: Tensor, labels: Tensor, softcap: float | None = None, logit_scale: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss, flags)`` per sequence of LM logits, as this policy scores them (SPEC section 9); a capped or
+        scaled head's ``softcap`` and ``logit_scale`` as in :func:`sbkernels.sequence_losses`."""
         checks.check_sequence_logits(logits, labels)
+        checks.check_head_transform(softcap, logit_scale)
         return ops.sequence_losses(
             logits=logits, labels=labels, shift=self.shift, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=getattr(self, "label_smoothing", 0.0), backend=ops.resolve(self.backend, logits.device),
+            label_smoothing=getattr(self, "label_smoothing", 0.0), softcap=softcap, logit_scale=logit_scale,
+            backend=ops.resolve(self.backend, logits.device),
         )  # fmt: skip
 
     def linear_sequence_losses(
-        self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor
-    ) -> tuple[Tensor, Tensor]:
+        self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, softcap: float | None = None,
+        logit_scale: float = 1.0,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """As :meth:`sequence_losses`, from the last hidden states and the LM head (SPEC section 9); under
         autocast as :func:`sbkernels.lm.autocast_head` casts them."""
         hidden, weight, bias = autocast_head(hidden, weight, bias)
         checks.check_sequence_hidden(hidden, weight, bias, labels)
+        checks.check_head_transform(softcap, logit_scale)
         return ops.linear_sequence_losses(
             hidden=hidden, weight=weight, bias=bias, labels=labels, shift=self.shift, ignore_index=self.ignore_index,
-            reduction=self.reduction, label_smoothing=getattr(self, "label_smoothing", 0.0),
+            reduction=self.reduction, label_smoothing=getattr(self, "label_smoothing", 0.0), softcap=softcap,
+            logit_scale=logit_scale,
             backend=ops.resolve(self.backend, hidden.device),
         )  # fmt: skip
 

@@ -414,3 +414,39 @@ def test_the_speed_logs_count_the_rows_scored_and_trained(tmp_path):
     assert metrics["train_samples_per_second"] == pytest.approx(counts["scored"] / runtime, rel=1e-2)
     assert metrics["train_backward_samples_per_second"] == pytest.approx(counts["backward"] / runtime, rel=1e-2)
     assert counts["backward"] < counts["scored"]
+
+
+def test_a_soft_capped_head_keeps_the_hidden_state_route(tmp_path):
+    """#29: Gemma-2's final_logit_softcapping makes its logits tanh-capped, not hidden @ W.T, so the trainer
+    fell back to the (B, T, V) logits and scoring="hidden" raised. It reads the cap from the config and
+    scores from the hidden states with it: the per-sequence losses equal the model's own. Control: without
+    the cap, the hidden-state losses differ from the model's by more than the check's tolerance."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from sbkernels.integrations._lm_scoring import HIDDEN_STATE_TOLERANCE, head_transform
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                          final_logit_softcapping=0.5, pad_token_id=PAD)  # fmt: skip
+    net = Gemma2ForCausalLM(config)
+    with torch.no_grad():  # logits of a trained model's size (a random-init one's are ~0.1: no cap would show)
+        net.get_output_embeddings().weight.mul_(100)
+    batch = collate(sequences(8, 3))
+    policy = sbkernels.SB(beta=1.0, history_size=32)
+    with torch.no_grad():
+        logits = net(**batch).logits
+        hidden = net.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    weight = net.get_output_embeddings().weight
+    model_losses, _ = policy.sequence_losses(logits, batch["labels"])
+    capped, _ = policy.linear_sequence_losses(hidden, weight, None, batch["labels"], **head_transform(net))
+    uncapped, _ = policy.linear_sequence_losses(hidden, weight, None, batch["labels"])
+    torch.testing.assert_close(capped, model_losses, rtol=1e-4, atol=1e-4)
+    assert (uncapped - model_losses).abs().max() > HIDDEN_STATE_TOLERANCE
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8, report_to=[],
+                             use_cpu=True, seed=0, disable_tqdm=True)  # fmt: skip
+    sb = sbkernels.SelectiveBackprop(4, sbkernels.SB(beta=1.0, history_size=32, seed=1), pad_values={"input_ids": PAD})
+    trainer = Recording(model=net, args=args, train_dataset=sequences(40, 0), data_collator=collate,
+                        selective_backprop=sb, scoring="hidden")  # fmt: skip
+    trainer.train()
+    assert trainer._hidden_scoring is True and trainer.state.global_step == 2

@@ -52,11 +52,12 @@ def _args(op: str, gen: torch.Generator) -> dict[str, object]:
                           k=3, steps=10, ignore_index=-100),
         "row_losses": dict(logits=logits, targets=targets, losses=None, ignore_index=-100, label_smoothing=0.0),
         "sequence_losses": dict(logits=torch.randn(B, T, C, generator=gen), labels=labels, shift=True,
-                                ignore_index=-100, reduction="mean", label_smoothing=0.0),
+                                ignore_index=-100, reduction="mean", label_smoothing=0.0, softcap=0.0,
+                                logit_scale=1.0),
         "linear_sequence_losses": dict(hidden=torch.randn(B, T, H, generator=gen),
                                        weight=torch.randn(C, H, generator=gen), bias=torch.randn(C, generator=gen),
                                        labels=labels, shift=True, ignore_index=-100, reduction="mean",
-                                       label_smoothing=0.0, tile_bytes=40),
+                                       label_smoothing=0.0, softcap=0.0, logit_scale=1.0, tile_bytes=40),
     }  # fmt: skip
     return dict(table[op])
 

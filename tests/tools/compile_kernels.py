@@ -89,10 +89,11 @@ def cases():
             yield f"token_losses N={n} V={c} {dtype}", sequence.token_losses_kernel, types, config, num_warps
             linear = sequence.linear_blocks(n, c, LINEAR_WIDTH)
             linear_warps = linear.pop("num_warps")
-            linear_types = types | {"hidden_ptr": f"*{dtype}", "weight_ptr": f"*{dtype}", "bias_ptr": f"*{dtype}"}
-            for bias in (False, True):
-                name = f"linear_token_losses N={n} V={c} H={LINEAR_WIDTH} {dtype} bias={bias}"
-                consts = {"HAS_BIAS": bias, "DOT_IN_FP32": False, **linear}
+            linear_types = types | {"hidden_ptr": f"*{dtype}", "weight_ptr": f"*{dtype}", "bias_ptr": f"*{dtype}",
+                                    "softcap": "fp32", "logit_scale": "fp32"}  # fmt: skip
+            for bias, cap in ((False, False), (True, False), (False, True)):
+                name = f"linear_token_losses N={n} V={c} H={LINEAR_WIDTH} {dtype} bias={bias} softcap={cap}"
+                consts = {"HAS_BIAS": bias, "HAS_SOFTCAP": cap, "DOT_IN_FP32": False, **linear}
                 yield name, sequence.linear_token_losses_kernel, linear_types, consts, linear_warps
 
 

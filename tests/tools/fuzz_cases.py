@@ -124,10 +124,12 @@ def _policy_op(name: str, **changes) -> Callable[[], object]:
             "row_losses": dict(logits=_logits(), targets=_targets(), losses=None, ignore_index=-100,
                                label_smoothing=0.0, backend="native"),
             "sequence_losses": dict(logits=torch.randn(B, T, C), labels=_labels(), shift=True, ignore_index=-100,
-                                    reduction="mean", label_smoothing=0.0, backend="native"),
+                                    reduction="mean", label_smoothing=0.0, softcap=0.0, logit_scale=1.0,
+                                    backend="native"),
             "linear_sequence_losses": dict(hidden=torch.randn(B, T, H), weight=torch.randn(C, H), bias=None,
                                            labels=_labels(), shift=True, ignore_index=-100, reduction="mean",
-                                           label_smoothing=0.0, tile_bytes=80, backend="native"),
+                                           label_smoothing=0.0, softcap=0.0, logit_scale=1.0, tile_bytes=80,
+                                           backend="native"),
         }[name]  # fmt: skip
         base.update(changes)
         return getattr(ops, name)(*base.values())
@@ -251,6 +253,11 @@ CASES: dict[str, Callable[[], object]] = {
         "sequence_losses", logits=torch.randn(C, T, B).permute(2, 1, 0), backend="triton"
     ),
     "sequence_losses.reduction_unknown": _policy_op("sequence_losses", reduction="max"),
+    "sequence_losses.softcap_negative": _policy_op("sequence_losses", softcap=-30.0),
+    "sequence_losses.softcap_nan": _policy_op("sequence_losses", softcap=float("nan")),
+    "sequence_losses.logit_scale_zero": _policy_op("sequence_losses", logit_scale=0.0),
+    "linear_sequence_losses.softcap_inf": _policy_op("linear_sequence_losses", softcap=float("inf")),
+    "linear_sequence_losses.logit_scale_negative": _policy_op("linear_sequence_losses", logit_scale=-1.0),
     "linear_sequence_losses.weight_width": _policy_op("linear_sequence_losses", weight=torch.randn(C, H + 1)),
     "linear_sequence_losses.bias_short": _policy_op("linear_sequence_losses", bias=torch.randn(C - 1)),
     "linear_sequence_losses.tile_bytes_zero": _policy_op("linear_sequence_losses", tile_bytes=0),
@@ -293,10 +300,12 @@ _VALID_CALLS: dict[str, Callable[[], dict]] = {
     "row_losses": lambda: dict(logits=_logits(), targets=_targets(), losses=None, ignore_index=-100,
                                label_smoothing=0.0, backend="native"),
     "sequence_losses": lambda: dict(logits=torch.randn(B, T, C), labels=_labels(), shift=True, ignore_index=-100,
-                                    reduction="mean", label_smoothing=0.0, backend="reference"),
+                                    reduction="mean", label_smoothing=0.0, softcap=0.0, logit_scale=1.0,
+                                    backend="reference"),
     "linear_sequence_losses": lambda: dict(hidden=torch.randn(B, T, H), weight=torch.randn(C, H),
                                            bias=torch.randn(C), labels=_labels(), shift=True, ignore_index=-100,
-                                           reduction="mean", label_smoothing=0.0, tile_bytes=80, backend="native"),
+                                           reduction="mean", label_smoothing=0.0, softcap=0.0, logit_scale=1.0,
+                                           tile_bytes=80, backend="native"),
 }  # fmt: skip
 CASES.update(mixed_device_cases(_VALID_CALLS))
 CASES.update(checkpoint_cases())
