@@ -46,6 +46,7 @@ from ..pool._batch_spec import BackwardBatch
 from ..scoring import check_scale_factor, downsample_for_scoring
 from ..trainer import SelectiveBackprop
 from ._engine import SelectionEngine, sequence_cross_entropy
+from ._lm_scoring import head_transform
 
 CHECKPOINT_KEY = "selective_backprop"
 
@@ -98,6 +99,12 @@ class SelectiveBackpropModule(L.LightningModule):
         inputs, targets = batch[0], batch[1]
         return self(downsample_for_scoring(inputs, self.scale_factor)), targets
 
+    def head_transform(self) -> dict[str, Any]:
+        """``softcap`` / ``logit_scale`` of a capped or scaled LM head, for scoring from hidden states: read from
+        the config of a Hugging Face model held as ``self.model`` (Gemma-2's ``final_logit_softcapping``,
+        Cohere's ``logit_scale``, Granite's ``logits_scaling``); override for another model."""
+        return head_transform(getattr(self, "model", None))
+
     def backward_loss(self, batch: Any, weight: Tensor | None = None) -> Tensor:
         """The training loss of one backward batch: the mean over its rows, or, when ``weight`` is given, the
         weighted sum ``(weight * per_row_loss).sum()`` (weighted policies such as ``Importance``, and every
@@ -134,8 +141,10 @@ class SelectiveBackpropModule(L.LightningModule):
                 scored = self.score(batch)
                 lm_head = scored[2] if len(scored) == 3 else None
                 # observe inside the precision context: the LM head is applied as the model applies it
+                head = self.head_transform() if lm_head is not None else {}
                 sb.observe(scored[0], scored[1], *(batch if isinstance(batch, tuple | list) else (batch,)),
-                           lm_head=lm_head)  # fmt: skip
+                           lm_head=lm_head, softcap=head.get("softcap"),
+                           logit_scale=head.get("logit_scale", 1.0))  # fmt: skip
         finally:
             self.train(training)
         self.engine.remember_filler(batch)

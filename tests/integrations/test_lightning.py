@@ -372,3 +372,19 @@ def test_a_hugging_face_lm_in_lightning_end_to_end_with_a_mid_epoch_resume(tmp_p
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
     for p, q in zip(full.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_capped_heads_transform_is_read_from_the_held_model():
+    """Scoring a Gemma-2-style model from hidden states needs its cap; the module reads it from self.model."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    class Capped(LanguageModel):
+        def __init__(self) -> None:
+            super().__init__("hidden")
+            config = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                  final_logit_softcapping=0.5)  # fmt: skip
+            self.model = Gemma2ForCausalLM(config)
+
+    assert Capped().head_transform() == {"softcap": 0.5}
+    assert LanguageModel("hidden").head_transform() == {}  # GPT-2: a plain head
