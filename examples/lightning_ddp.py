@@ -47,6 +47,16 @@ class Classifier(SelectiveBackpropModule):
         self.backward_passes = 0
         self.first_step: list[tuple] = []
         self.initial = [p.detach().clone() for p in self.net.parameters()]
+        self.selections: list[dict] = []  # every observe's logits, targets and this rank's selected rows
+        observe = self.selective_backprop.observe
+
+        def recorded(scores, targets, *batch, **kwargs):
+            selection = observe(scores, targets, *batch, **kwargs)
+            self.selections.append({"logits": scores.clone(), "targets": targets.clone(),
+                                    "local": selection.indices[: int(selection.count)].clone()})  # fmt: skip
+            return selection
+
+        self.selective_backprop.observe = recorded  # type: ignore[method-assign]
 
     def setup(self, stage: str) -> None:
         if self.policy_name != "per_rank":  # per_rank: each rank selects alone, as before #28
@@ -146,6 +156,7 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=600)
     parser.add_argument("--record", type=Path, help="write what each rank trained to RECORD/rank<r>.pt")
     parser.add_argument("--checkpoints", type=Path, help="save a checkpoint at every epoch's end in CHECKPOINTS")
+    parser.add_argument("--every-n-steps", type=int, help="with --checkpoints: every N optimizer steps instead")
     parser.add_argument("--resume", type=Path, help="a checkpoint to resume from")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -156,7 +167,9 @@ def main() -> None:
     module.lr = args.lr
     saving = args.checkpoints is not None
     timer = TrainTime()
-    callbacks = [timer, *([L.pytorch.callbacks.ModelCheckpoint(dirpath=args.checkpoints, save_top_k=-1)] * saving)]
+    every = {"every_n_train_steps": args.every_n_steps} if args.every_n_steps else {}
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=args.checkpoints, save_top_k=-1, **every)
+    callbacks = [timer, *([checkpoint] * saving)]
     trainer = L.Trainer(
         max_epochs=args.epochs, max_steps=args.max_steps, accelerator=args.accelerator, devices=2,
         strategy=strategy(args.strategy), logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -172,6 +185,7 @@ def main() -> None:
                     "loader_batches": trainer.num_training_batches, "trained": getattr(module, "trained", None),
                     "backward_passes": getattr(module, "backward_passes", 0),
                     "first_step": getattr(module, "first_step", None), "initial": getattr(module, "initial", None),
+                    "selections": getattr(module, "selections", None),
                     "parameters": [_full(p) for p in module.parameters()]},
                    args.record / f"rank{trainer.global_rank}.pt")  # fmt: skip
     if trainer.global_rank == 0:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import sbkernels
+
 if os.environ.get("CI"):
     import lightning  # noqa: F401  (CI installs it: a missing extra must fail, not skip)
 else:
@@ -30,12 +32,29 @@ def ddp_run(tmp_path: Path, policy: str, *extra: str, timeout: float = 240) -> l
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
 
 
+def selections_equal_one_process(ranks: list[dict]) -> bool:
+    """SPEC section 8: every selection equals one process's SB on the ranks' logits concatenated in rank order
+    (the example's SB(beta=2, history 256, seed 2), with a state of its own)."""
+    policy = sbkernels.SB(beta=2.0, history_size=256, seed=2)
+    assert len(ranks[0]["selections"]) == len(ranks[1]["selections"]) > 10
+    for calls in zip(*(rank["selections"] for rank in ranks), strict=True):
+        n = calls[0]["logits"].shape[0]
+        selection = policy(torch.cat([c["logits"] for c in calls]), torch.cat([c["targets"] for c in calls]))
+        chosen = selection.indices[: int(selection.count)]
+        for rank, call in enumerate(calls):
+            if not torch.equal(chosen[(chosen >= rank * n) & (chosen < (rank + 1) * n)] - rank * n, call["local"]):
+                return False
+    return True
+
+
 @pytest.mark.parametrize(("policy", "strategy"), [("sb", "ddp"), ("importance", "ddp"), ("sb", "fsdp2")])
 def test_ddp_finishes_with_equal_steps_and_every_row_trained_at_most_once(tmp_path, policy, strategy):
     """Global selection from the strategy's group: equal optimizer steps and backward passes on both ranks,
     identical parameters, and (SB) no row trained twice across ranks in an epoch (a rank's empty share of a
     final step trains a filler row with weight 0, not recorded). Importance carries weights != 1 under DDP."""
     ranks = ddp_run(tmp_path, policy, "--strategy", strategy)
+    if policy == "sb":
+        assert selections_equal_one_process(ranks)
     assert ranks[0]["global_step"] == ranks[1]["global_step"] > 0
     assert ranks[0]["backward_passes"] == ranks[1]["backward_passes"]
     for p, q in zip(ranks[0]["parameters"], ranks[1]["parameters"], strict=True):
@@ -101,3 +120,27 @@ def test_one_sgd_step_on_two_ranks_follows_the_weighted_gradient_of_the_rows_han
         torch.testing.assert_close(step, 0.5 * grad, rtol=1e-4, atol=1e-6)
     if policy == "importance":
         assert any(not torch.allclose(s, 0.5 * g, rtol=1e-3, atol=1e-5) for s, g in zip(moved, plain, strict=True))
+
+
+def test_a_run_resumed_mid_epoch_trains_every_ranks_rows(tmp_path):
+    """A checkpoint every 2 optimizer steps, taken mid-epoch: both ranks' selection state, positions and
+    waiting gradients are in it; resumed, each rank trains the rest of the uninterrupted run's rows (the
+    module replays the DistributedSampler's order from its saved position) and ends with its parameters."""
+    full = ddp_run(tmp_path / "full", "sb", "--checkpoints", str(tmp_path / "ckpt"), "--every-n-steps", "2")
+    middle = [
+        path
+        for path in sorted((tmp_path / "ckpt").glob("*.ckpt"))
+        if 0 < torch.load(path, weights_only=False)["selective_backprop"]["ranks"][0]["position"]["batches"]
+    ]
+    assert middle, "no mid-epoch checkpoint"
+    path = middle[0]
+    epoch = torch.load(path, weights_only=False)["selective_backprop"]["ranks"][0]["position"]["epoch"]
+    resumed = ddp_run(tmp_path / "resumed", "sb", "--resume", str(path))
+    for rank in (0, 1):
+        rest = resumed[rank]["trained"]
+        assert rest[epoch] == full[rank]["trained"][epoch][len(full[rank]["trained"][epoch]) - len(rest[epoch]) :]
+        assert {e: ids for e, ids in rest.items() if e != epoch} == {
+            e: ids for e, ids in full[rank]["trained"].items() if e > epoch
+        }
+        for p, q in zip(full[rank]["parameters"], resumed[rank]["parameters"], strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
