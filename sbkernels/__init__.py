@@ -1,7 +1,7 @@
 """sbkernels: fast Selective-Backprop selection for PyTorch.
 
 The training loop is in :class:`SelectiveBackprop`'s docstring and the README; the contract is docs/SPEC.md.
-Layers, top down: :mod:`.integrations` (Hugging Face, Lightning) and :mod:`.estimate`; :mod:`.trainer`
+Layers, top down: :mod:`.integrations` (Hugging Face, Lightning), :mod:`.estimate` and :mod:`.pilot`; :mod:`.trainer`
 (``SelectiveBackprop``), :mod:`.lm` (per-sequence losses), :mod:`.policies`, :mod:`.distributed`,
 :mod:`.pool`, :mod:`.ops` (one typed function per registered op, one backend table), :mod:`.kernels`
 (Triton), ``csrc/`` (C++/CUDA), and :mod:`.reference`, the definition every kernel is tested against.
@@ -12,6 +12,7 @@ from .distributed import release_collective_tensors
 from .estimate import Estimate, estimate
 from .lm import linear_sequence_losses, sequence_losses
 from .ops import gather_rows, new_cursor
+from .pilot import PilotReport, pilot
 from .policies import (
     POLICIES,
     SB,
@@ -42,6 +43,7 @@ __all__ = [
     "GradMatch",
     "Importance",
     "Keep",
+    "PilotReport",
     "Policy",
     "Schedule",
     "Selection",
@@ -54,6 +56,7 @@ __all__ = [
     "gather_rows",
     "linear_sequence_losses",
     "new_cursor",
+    "pilot",
     "release_collective_tensors",
     "select",
     "select_gradmatch",
