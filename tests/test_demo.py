@@ -23,12 +23,13 @@ def test_demo_runs_every_method_on_a_tiny_budget(tmp_path, capsys):
          "--out", str(tmp_path)]
     )  # fmt: skip
     names = [row["method"] for row in out["rows"]]
-    assert names[0] == "baseline" and len(names) == 7
+    assert names[0] == "baseline" and len(names) == 8 and "Composer schedule" in names
     assert any(name.startswith("uniform at ") for name in names)
     base = out["rows"][0]
     assert base["backward"] == base["forward"] == 2 * 300
     for row in out["rows"][1:]:
-        assert 0 < row["backward"] < base["backward"] or row["method"].startswith("keep")
+        assert 0 < row["backward"] < base["backward"] or row["method"].startswith(("keep", "Composer"))
+        assert row["loss"] > 0
         assert 0 <= row["acc_mean"] <= 100
     stale = next(r for r in out["rows"] if r["method"].startswith("Stale"))
     assert stale["forward"] - stale["backward"] < base["forward"]  # skipped scoring passes in stale epochs

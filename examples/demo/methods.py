@@ -34,11 +34,13 @@ class FullTrainer:
 class SelectiveTrainer:
     """A SelectiveBackprop policy: score (unless stale), observe, train on the ready batches."""
 
-    def __init__(self, ctx: Context, policy: sbkernels.Policy, stale_every: int = 1) -> None:
+    def __init__(
+        self, ctx: Context, policy: sbkernels.Policy, stale_every: int = 1, schedule: sbkernels.Schedule | None = None
+    ) -> None:
         self.ctx = ctx
         self.features = isinstance(policy, sbkernels.GradMatch)
         stale = sbkernels.StaleSB(stale_every, num_samples=len(ctx.y)) if stale_every > 1 else None
-        self.sb = sbkernels.SelectiveBackprop(ctx.batch_size, policy, stale=stale)
+        self.sb = sbkernels.SelectiveBackprop(ctx.batch_size, policy, stale=stale, schedule=schedule)
 
     def _train(self, batches) -> None:
         for batch in batches:
@@ -149,6 +151,16 @@ METHODS = [
         budgeted=True,
     ),
     Method("keep", "keep 0.5 (Composer)", lambda ctx: SelectiveTrainer(ctx, sbkernels.Keep(0.5, seed=ctx.seed))),
+    # Composer's recipe as it ships: keep 0.5 from 50% to 90% of the run, every second batch whole
+    Method(
+        "composer",
+        "Composer schedule",
+        lambda ctx: SelectiveTrainer(
+            ctx,
+            sbkernels.Keep(0.5, seed=ctx.seed),
+            schedule=sbkernels.ComposerSchedule(0.5, 0.9, 2, max_duration=ctx.epochs, unit="epoch"),
+        ),
+    ),
     Method(
         "stale-sb",
         "Stale-SB n=3 beta=2",

@@ -34,12 +34,18 @@ class Curve:
     backward: list[int] = field(default_factory=list)
     forward: list[int] = field(default_factory=list)
     test_error: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)  # held-out cross-entropy
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> tuple[float, float]:
+    """(error, mean cross-entropy) on held-out data."""
+    wrong, total = 0, 0.0
     with torch.no_grad():
-        wrong = sum(int((model(x[i : i + batch]).argmax(1) != y[i : i + batch]).sum()) for i in range(0, len(y), batch))
-    return wrong / len(y)
+        for i in range(0, len(y), batch):
+            logits = model(x[i : i + batch])
+            wrong += int((logits.argmax(1) != y[i : i + batch]).sum())
+            total += float(F.cross_entropy(logits, y[i : i + batch], reduction="sum"))
+    return wrong / len(y), total / len(y)
 
 
 @dataclass
@@ -103,7 +109,9 @@ def train_run(
         curve.seconds.append(elapsed)
         curve.backward.append(backward)
         curve.forward.append(forward)
-        curve.test_error.append(evaluate(model, test_x, test_y))
+        error, loss = evaluate(model, test_x, test_y)
+        curve.test_error.append(error)
+        curve.test_loss.append(loss)
         bar.update(1)
         bar.set_postfix(test_err=f"{curve.test_error[-1]:.3f}", bwd=backward)
     bar.close()
