@@ -8,7 +8,8 @@ byte-level BPE trained here on the standard library's ``.py`` files, and those f
 come from transformers' ``DataCollatorForLanguageModeling`` (dynamic padding: each batch is padded to its
 own longest sequence, labels -100 on padding), fed to sbkernels unchanged.
 
-Two runs over the same loader batches: the baseline backpropagates every sequence; Selective-Backprop
+Three runs over the same loader batches: the baseline backpropagates every sequence, Composer's recipe
+(keep 0.5 from 50% to 90% of the run) half of some batches, and Selective-Backprop
 scores each batch in eval mode under no_grad (from the last hidden states and the LM head, never forming
 the logits, or from the logits), keeps whole sequences by their loss percentile and backpropagates full
 batches of the kept ones. It prints held-out loss against the sequences backpropagated and the wall time.
@@ -73,13 +74,22 @@ def held_out_loss(model: GPT2LMHeadModel, batches: list[dict]) -> float:
     return total / count
 
 
-def train(args, loader_batches: list[dict], eval_batches: list[dict], vocab: int, pad_id: int, selective: bool) -> dict:
+ARMS = ("baseline", "sb", "composer")
+
+
+def train(args, loader_batches: list[dict], eval_batches: list[dict], vocab: int, pad_id: int, arm: str) -> dict:
+    """One arm: "baseline" (every sequence), "sb" (SB(beta)) or "composer" (Composer's recipe as it ships:
+    keep 0.5 from 50% to 90% of the run, every second batch whole)."""
     model = make_model(vocab, args.context, args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     sb = None
-    if selective:
+    if arm == "sb":
         policy = sbkernels.SB(beta=args.beta, history_size=4 * args.batch_size, seed=args.seed)
         sb = sbkernels.SelectiveBackprop(args.batch_size, policy, pad_values={"input_ids": pad_id})
+    elif arm == "composer":
+        schedule = sbkernels.ComposerSchedule(0.5, 0.9, 2, max_duration=len(loader_batches))
+        sb = sbkernels.SelectiveBackprop(args.batch_size, sbkernels.Keep(0.5, seed=args.seed), schedule=schedule,
+                                         pad_values={"input_ids": pad_id})  # fmt: skip
     curve, backward, start = [], 0, time.perf_counter()
 
     def step(batch: dict) -> None:
@@ -107,7 +117,7 @@ def train(args, loader_batches: list[dict], eval_batches: list[dict], vocab: int
                 step(dict(ready.data))
         if (i + 1) % args.eval_every == 0 or i + 1 == len(loader_batches):
             curve.append((i + 1, backward, held_out_loss(model, eval_batches), time.perf_counter() - start))
-            print(f"  {'SB' if selective else 'baseline':8s} batch {i + 1:4d}  backward sequences {backward:5d}  "
+            print(f"  {arm:8s} batch {i + 1:4d}  backward sequences {backward:5d}  "
                   f"held-out loss {curve[-1][2]:.3f}  {curve[-1][3]:.0f} s", flush=True)  # fmt: skip
     if sb is not None:
         for ready in sb.flush():
@@ -130,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scoring", choices=["hidden", "logits"], default="hidden")
     parser.add_argument("--eval-every", type=int, default=50, help="loader batches between evaluations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", help="write held-out loss against wall time to this PNG")
     args = parser.parse_args(argv)
 
     texts = stdlib_snippets(args.files, max_chars=4 * args.context, seed=args.seed)
@@ -146,14 +157,32 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = len(tokenizer)
     print(f"{len(train_batches)} loader batches of {args.batch_size} sequences (dynamic padding), "
           f"{len(eval_batches)} held-out batches, vocabulary {vocab}, scoring from {args.scoring}")  # fmt: skip
-    results = {
-        name: train(args, train_batches, eval_batches, vocab, tokenizer.pad_token_id, selective=name == "sb")
-        for name in ("baseline", "sb")
-    }
+    results = {name: train(args, train_batches, eval_batches, vocab, tokenizer.pad_token_id, name) for name in ARMS}
     print("\nrun       backward sequences   held-out loss   wall time")
     for name, r in results.items():
         print(f"{name:9s} {r['backward']:18d}   {r['held_out']:13.3f}   {r['seconds']:7.0f} s")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
     return results
+
+
+def plot(results: dict, path: str) -> None:
+    """Held-out loss against wall time, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for name, r in results.items():
+        axes.plot([p[3] for p in r["curve"]], [p[2] for p in r["curve"]], marker=".", label=name)
+    axes.set_xlabel("training wall time (s)")
+    axes.set_ylabel("held-out loss")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,16 @@ else:
 
 
 @pytest.mark.parametrize("scoring", ["hidden", "logits"])
-def test_the_lm_example_trains_both_runs_on_dynamically_padded_batches(scoring):
+def test_the_lm_example_trains_every_arm_on_dynamically_padded_batches(scoring, tmp_path):
     from examples import lm_gpt2
 
     args = ["--train", "96", "--eval", "16", "--files", "30", "--vocab", "300", "--context", "48",
-            "--batch-size", "8", "--eval-every", "6", "--scoring", scoring]  # fmt: skip
+            "--batch-size", "8", "--eval-every", "6", "--scoring", scoring,
+            "--plot", str(tmp_path / "lm.png")]  # fmt: skip
     results = lm_gpt2.main(args)
-    base, sb = results["baseline"], results["sb"]
+    base, sb, composer = results["baseline"], results["sb"], results["composer"]
+    assert 0 < composer["backward"] < 96  # Composer's recipe keeps half of some batches
+    assert (tmp_path / "lm.png").read_bytes()[:4] == b"\x89PNG"
     assert base["backward"] == 96  # every sequence once
     assert 0 < sb["backward"] <= 96  # the kept sequences, each once (flush included)
     assert all(math.isfinite(r["held_out"]) for r in results.values())
