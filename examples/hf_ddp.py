@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 import sbkernels
+from examples._distributed import whole_parameter
 from examples.lm_gpt2 import make_model, stdlib_snippets, train_tokenizer
 
 try:
@@ -79,12 +80,6 @@ class _Recorded:
             if len(self.trainer.handed) < 2:  # the first optimizer step's batches (accumulation 2), whole
                 self.trainer.handed.append({key: value.clone() for key, value in inputs.items()})
             yield inputs
-
-
-def _full(parameter: torch.Tensor) -> torch.Tensor:
-    """The whole parameter (an FSDP2 shard is gathered: a collective, called on every rank in one order)."""
-    full = parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
-    return full.detach().clone()
 
 
 def main() -> None:
@@ -148,10 +143,10 @@ def main() -> None:
         torch.save({"global_step": trainer.state.global_step, "trained": trainer.trained,
                     "train_runtime": metrics["train_runtime"], "hidden_scoring": trainer._hidden_scoring,
                     "handed": trainer.handed, "initial": trainer.initial, "config": trainer.model.config.to_dict(),
-                    "final": {name: _full(p) for name, p in trainer.model.named_parameters()},
+                    "final": {name: whole_parameter(p) for name, p in trainer.model.named_parameters()},
                     "sharded": any(hasattr(p, "full_tensor") for p in trainer.model.parameters()),
                     "selections": trainer.selections, "counts": trainer.selective_backprop.counts,
-                    "parameters": [_full(p) for p in trainer.model.parameters()]},
+                    "parameters": [whole_parameter(p) for p in trainer.model.parameters()]},
                    args.record / f"rank{rank}.pt")  # fmt: skip
     if rank == 0:
         logs = [log for log in trainer.state.log_history if "eval_loss" in log] or [{"eval_loss": float("nan")}]

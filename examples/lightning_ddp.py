@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import sbkernels
+from examples._distributed import whole_parameter
 from examples.demo.data import load_dataset
 from sbkernels.integrations.lightning import SelectiveBackpropModule
 
@@ -132,12 +133,6 @@ class TrainTime(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def _full(parameter: torch.Tensor) -> torch.Tensor:
-    """The whole parameter (an FSDP2 shard is gathered: a collective, called on every rank in one order)."""
-    full = parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
-    return full.detach().clone()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", choices=sorted(POLICIES), default="sb")
@@ -186,7 +181,7 @@ def main() -> None:
                     "backward_passes": getattr(module, "backward_passes", 0),
                     "first_step": getattr(module, "first_step", None), "initial": getattr(module, "initial", None),
                     "selections": getattr(module, "selections", None),
-                    "parameters": [_full(p) for p in module.parameters()]},
+                    "parameters": [whole_parameter(p) for p in module.parameters()]},
                    args.record / f"rank{trainer.global_rank}.pt")  # fmt: skip
     if trainer.global_rank == 0:
         arm = "plain" if args.plain else args.policy

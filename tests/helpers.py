@@ -3,7 +3,10 @@ checks. Tests import them from here (``conftest.py`` only sets the session up)."
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -106,3 +109,24 @@ class LateReadbacks:
 
     def __call__(self, cursor: torch.Tensor) -> LateReadback:
         return LateReadback(cursor, self.random.randint(0, self.max_polls))
+
+
+@contextlib.contextmanager
+def held_by_another_thread(guard) -> Iterator[None]:
+    """While inside: another thread holds ``guard`` (an ``ExclusiveUse``), as if inside a call on its object,
+    so that a call from this thread meets a deterministic overlap."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with guard("held"):
+            inside.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    inside.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        other.join(10)

@@ -6,8 +6,6 @@ unusual input and with state that no run could have produced.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +14,7 @@ import sbkernels
 from sbkernels import SB, Keep, SelectionPool, SelectiveBackprop, SelectorState, StaleSB
 from sbkernels.kernels import interpreting
 from sbkernels.slots import META_BAD_TARGETS, META_PUSHED, META_STEP
+from tests.helpers import held_by_another_thread
 
 # --- the sorted-history percentile on more than one thread -------------------------------------------------------
 
@@ -204,24 +203,11 @@ def test_a_pool_used_from_two_threads_at_once_raises() -> None:
     pool = SelectionPool(4)
     sel = sbkernels.select_uniform(torch.rand(6), None, SelectorState(4), rate=1.0)
     pool.push(sel, torch.randn(6, 2))
-    inside, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with pool._exclusive("ready_batches"):
-            inside.set()
-            release.wait(10)
-
-    other = threading.Thread(target=hold)
-    other.start()
-    inside.wait(10)
-    try:
+    with held_by_another_thread(pool._exclusive):
         with pytest.raises(RuntimeError, match="another thread"):
             pool.push(sel, torch.randn(6, 2))
         with pytest.raises(RuntimeError, match="another thread"):
             list(pool.ready_batches())
-    finally:
-        release.set()
-        other.join(10)
     assert len(list(pool.ready_batches())) == 1  # the refused calls changed nothing: 6 rows held, one batch
     assert pool.flush()[0].shape[0] == 2
 

@@ -12,6 +12,7 @@ import torch
 import sbkernels
 from sbkernels import SB, Keep, SelectiveBackprop, SelectorState, Uniform
 from sbkernels.slots import META_STEP
+from tests.helpers import held_by_another_thread
 
 # --- valid= with language-model logits (item 4) ------------------------------------------------------------------
 
@@ -185,17 +186,7 @@ def test_a_second_thread_on_a_state_in_use_is_refused() -> None:
     """Through the functional ops two threads shared one state with no error, and some calls drew with
     the same Philox step. Deterministic form: a call made while another thread holds the state raises."""
     state = SelectorState(16)
-    entered, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with state.exclusive("test"):
-            entered.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    entered.wait(10)
-    try:
+    with held_by_another_thread(state.exclusive):
         for call in (
             lambda: sbkernels.select_losses(torch.rand(4), state),
             lambda: sbkernels.select(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), state),
@@ -206,9 +197,6 @@ def test_a_second_thread_on_a_state_in_use_is_refused() -> None:
         ):
             with pytest.raises(RuntimeError, match=r"SelectorState.* another thread"):
                 call()
-    finally:
-        release.set()
-        holder.join()
     assert int(state.meta[META_STEP]) == 0
     sbkernels.select_losses(torch.rand(4), state)  # free again
     assert int(state.meta[META_STEP]) == 1

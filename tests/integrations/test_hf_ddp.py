@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -19,17 +18,11 @@ else:
     pytest.importorskip("transformers")
 
 import sbkernels
+from examples._distributed import free_port
 from tests.tools.process_group_timeout import Hung, run_killed_on_timeout
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    """A TCP port free now on loopback (torchrun's ``--master_port=0`` leaves the ranks waiting forever)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch(tmp_path: Path, record: str, *extra: str, processes: int = 2, timeout: float = 240) -> list[dict]:
