@@ -234,12 +234,12 @@ def test_opcheck(backend):
     hidden, weight = torch.randn(3, 5, 4, generator=gen), torch.randn(13, 4, generator=gen)
     tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(
-        torch.ops.sbkernels.sequence_losses.default, (logits, labels, True, -100, "mean", 0.0, backend),
+        torch.ops.sbkernels.sequence_losses.default, (logits, labels, True, -100, "mean", 0.0, 30.0, 0.5, backend),
         test_utils=tests,
     )  # fmt: skip
     torch.library.opcheck(
         torch.ops.sbkernels.linear_sequence_losses.default,
-        (hidden, weight, None, labels, True, -100, "sum", 0.0, 80, backend), test_utils=tests,
+        (hidden, weight, None, labels, True, -100, "sum", 0.0, 0.0, 1.0, 80, backend), test_utils=tests,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.sbkernels.token_losses_cpu.default, (logits, labels, True, -100, 0.0))
     torch.library.opcheck(torch.ops.sbkernels.tile_stats_cpu.default, (logits[0], labels[0], 3, True))
