@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             sb.observe(logits, y, x, y, sample_ids=ids)
             steps += train_on(sb.ready_batches())
         steps += train_on(sb.flush())
-        error = evaluate(model, data.test_x.to(device), data.test_y.to(device))
+        error, _ = evaluate(model, data.test_x.to(device), data.test_y.to(device))
         if rank == 0:
             print(f"epoch {epoch}: test accuracy {100 * (1 - error):.2f}%, {steps} steps", flush=True)
     counts = torch.tensor([steps, sb.counts["observed"], sb.counts["backward"]], device=device)
