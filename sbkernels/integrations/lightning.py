@@ -166,6 +166,11 @@ class SelectiveBackpropModule(L.LightningModule):
         )  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The gradients of the backward batches waiting for a step travel with the entry (a checkpoint holds
+        # none); read here, at save time, not after every backward pass.
+        self.engine.gradients = None
+        if self.engine.accumulated:
+            self.engine.gradients = [None if p.grad is None else p.grad.detach() for p in self.parameters()]
         checkpoint[CHECKPOINT_KEY] = self.engine.gathered_state_dict()  # every rank's rows: Lightning saves rank 0's
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -213,8 +218,6 @@ class SelectiveBackpropModule(L.LightningModule):
         self._gradients_to_restore = None
         self.manual_backward(loss)
         self.engine.accumulated += 1
-        # The waiting gradients travel with the entry (a checkpoint holds none): references, not copies.
-        self.engine.gradients = [None if p.grad is None else p.grad.detach() for p in self.parameters()]
         if self.engine.accumulated == self.accumulate_grad_batches:
             self._step()
 
