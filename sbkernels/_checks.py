@@ -222,7 +222,7 @@ def check_sequence_options(shift: object, reduction: object, label_smoothing: ob
 
 
 def valid_flags(valid: object, source: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Row flags (ops._rows.row_flags) from a caller's (N,) bool mask of given losses: rows not valid are
+    """Row flags (sbkernels._rows.row_flags) from a caller's (N,) bool mask of given losses: rows not valid are
     ignored rows. None without a mask; with logits (``targets`` given) a mask is refused."""
     if valid is None:
         return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops._rows import advance_counters, compact, integer_beta, row_validity, target_masks
+from ._rows import advance_counters, compact, integer_beta, row_validity, target_masks
 from .slots import META_PUSHED, META_SEED, META_STEP
 
 # Philox4x32 constants, as in triton.language.random.

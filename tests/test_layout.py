@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKEND_TEST = re.compile(r"""\bbackend\s*(==|!=|in)\s*[("']""")
 OP_BY_NAME = re.compile(r"""\bcall\(\s*["']|torch\.ops\.sbkernels\.\w+\(""")
 CONFTEST_IMPORT = re.compile(r"^\s*from\s+(\.|tests\.)conftest\s+import", re.M)
+#: The layers the ops are built on (the reference, the Triton kernels, the row helpers, the state's slots)
+#: import nothing from ``ops/``: it sits above them.
+OPS_IMPORT = re.compile(
+    r"^\s*(from\s+(\.+|sbkernels\.)ops\b|from\s+\.+\s+import\s+ops\b|import\s+sbkernels\.ops)", re.M
+)
 
 
 def _offenders(pattern: re.Pattern, files: list[Path], allowed: set[str]) -> list[str]:
@@ -35,6 +40,12 @@ def test_only_the_ops_layer_calls_an_op_by_name():
     assert _offenders(OP_BY_NAME, _package_files(), allowed) == []
 
 
+def test_what_the_ops_are_built_on_imports_nothing_from_ops():
+    below = [ROOT / "sbkernels" / name for name in ("reference.py", "_rows.py", "slots.py")]
+    below += sorted((ROOT / "sbkernels" / "kernels").rglob("*.py"))
+    assert _offenders(OPS_IMPORT, below, set()) == []
+
+
 def test_no_test_imports_helpers_from_conftest():
     assert _offenders(CONFTEST_IMPORT, sorted((ROOT / "tests").rglob("*.py")), set()) == []
 
@@ -44,6 +55,7 @@ def test_every_finder_catches_a_planted_violation(tmp_path):
         BACKEND_TEST: 'if backend == "native":\n    pass\n',
         OP_BY_NAME: 'out = library.call("select_sb", logits)\n',
         CONFTEST_IMPORT: "from .conftest import kernel_devices\n",
+        OPS_IMPORT: "from ..ops._rows import integer_beta\n",
     }
     for i, (pattern, text) in enumerate(planted.items()):
         path = tmp_path / f"planted_{i}.py"

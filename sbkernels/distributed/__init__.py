@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .. import ops
-from ..ops._rows import compact
+from .._rows import compact
 from ..selection import Selection
 from ..slots import META_SIZE_MISMATCH
 from ..state import SelectorState
@@ -42,7 +42,7 @@ class GatheredLosses(NamedTuple):
     """Every rank's losses of one global selection (steps 1-2 of the module doc)."""
 
     losses: Tensor  # (W * N,) float32, rank-major
-    flags: Tensor  # (W * N,) int8 row flags (ops._rows.row_flags)
+    flags: Tensor  # (W * N,) int8 row flags (sbkernels._rows.row_flags)
     local_loss: Tensor  # (N,) this rank's losses
     rank: int
     n: int

@@ -1,53 +1,65 @@
 """Will selection pay for your model? Measure before you train (SPEC section 10).
 
-    report = sbkernels.estimate(model, (inputs, targets))          # a classifier's batch
-    report = sbkernels.estimate(model, batch)                      # a Hugging Face LM's dict batch (labels)
+    report = sbkernels.estimate(model, (inputs, targets), optimizer=optimizer)       # a classifier's batch
+    report = sbkernels.estimate(model, batch, loader=train_loader, backward_batch_size=32)
     print(report)
 
     python -m sbkernels.estimate torchvision.models:resnet18 --input 3x224x224 --classes 1000 --batch 64
 
-On the user's model and batch it measures, with warm-up and medians:
+On the user's model, optimizer and data it measures, on copies (the user's model and optimizer are not
+touched):
 
-- ``F``: the scoring pass (eval mode, no_grad);
-- ``S``: a plain training step (forward with grad, backward, an optimizer step) on a copy of the model;
-- ``s``: each policy's selection and gathering (``SelectiveBackprop.observe`` on the scoring output);
-- ``r``: each policy's keep rate on these losses, after its history has filled.
+- ``S``: a plain training step (forward with grad, backward, the optimizer's step) on the loader batch of
+  ``B`` rows: the cost of a loader batch without selection;
+- for each policy, a short selective run of ``steps`` loader batches (from ``loader``, or the one ``batch``
+  repeated) with the user's optimizer, as a training loop makes it: its losses fall, and the policy's
+  history lags behind them, which is why the keep rate of a run is lower than the rate on one fixed batch.
+  It times ``F``, the scoring pass (a Hugging Face LM on the route ``SelectiveBackpropTrainer`` takes: its
+  last hidden states and output embeddings), ``s``, the selection and gathering, and ``S_b``, a training
+  step on a backward batch of ``b`` rows, and counts ``r``, the fraction of rows kept, with its range over
+  the run's windows.
 
-A loader batch then costs about ``F + s + r * S`` against ``S`` for the plain step (Stale-SB: ``F`` only
-every ``every`` epochs). Selection is cheaper per batch when ``r`` is below the break-even rate
-``1 - (F + s) / S``. The caveat stays: fewer backward examples per epoch may need more epochs to reach the
-same loss, which no per-batch measurement can tell; the demo and the LM example measure that on data.
+A loader batch then costs about ``F + s + r (B / b) S_b`` against ``S``: ``r B / b`` backward steps of
+``b`` rows each. ``S_b`` is not ``(b / B) S``: a step has costs that do not shrink with its rows, so on a
+small model a backward batch of 32 costs more than half a step of 64. (Stale-SB: ``F`` only every
+``stale_every`` epochs.) A cheaper loader batch pays only if fewer backward examples do not need more
+epochs to reach the same loss, which no cost can tell: ``sbkernels.pilot`` measures that on your data.
 """
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._loop import Batch, LoopSteps, OptimizerFactory, Trainee, rows_of, to_device
 from ..policies import SB, Keep, Policy, Uniform
-from ..trainer import SelectiveBackprop
+from ._run import Run, loader_batches, mean_ms, plain_step_seconds, selective_run
 
-Batch = tuple[Tensor, Tensor] | Mapping[str, Tensor]
-#: Rows a keep rate is measured over (untimed calls after the timed ones): the rate of 8 rows drawn 5
-#: times would be off by 0.1 or more.
-KEEP_RATE_ROWS = 1024
+#: Loader batches a keep rate's range is taken over (each window's rate; the range is their min and max).
+WINDOWS = 4
 
 
 @dataclass(frozen=True)
 class PolicyEstimate:
     name: str
     selection_ms: float  # s: selection + gathering per loader batch
-    keep_rate: float  # r: measured fraction of rows sent to the backward pass
-    relative_cost: float  # (F + s + r * S) / S: a loader batch's cost against a plain step
+    keep_rate: float  # r: the fraction of rows the run sent to the backward pass
+    keep_windows: tuple[float, ...]  # the keep rate of each successive quarter of the run: its trend
+    cost_ms: float  # F + s + r (B / b) S_b: a loader batch with selection
+    relative_cost: float  # cost_ms / S
     stale_relative_cost: float | None  # with Stale-SB (scoring every ``stale_every`` epochs)
+    train_loss: tuple[float, float]  # the run's mean training loss over its first and last windows
+
+    @property
+    def keep_range(self) -> tuple[float, float]:
+        """The lowest and highest keep rate over the run's windows."""
+        return min(self.keep_windows), max(self.keep_windows)
 
     @property
     def saving(self) -> float:
@@ -58,35 +70,49 @@ class PolicyEstimate:
 @dataclass(frozen=True)
 class Estimate:
     scoring_ms: float  # F
-    step_ms: float  # S
-    rows: int
+    step_ms: float  # S: a plain step on the loader batch
+    backward_step_ms: float  # S_b: a step on a backward batch
+    rows: int  # B
+    backward_batch_size: int  # b
     policies: list[PolicyEstimate] = field(default_factory=list)
     stale_every: int = 3
+    optimizer: str = ""
+    scoring_route: str = "logits"
+    run: str = ""  # what the keep rates were measured on
 
     @property
     def break_even_keep_rate(self) -> float:
         """Selection is cheaper per loader batch only when the keep rate is below this (ignoring s)."""
-        return 1.0 - self.scoring_ms / self.step_ms
+        per_row = self.backward_step_ms * self.rows / self.backward_batch_size
+        return max(0.0, (self.step_ms - self.scoring_ms) / per_row)
 
     def __str__(self) -> str:
+        route = {"hidden": "from the last hidden states and output embeddings, as SelectiveBackpropTrainer",
+                 "logits": "from the logits"}[self.scoring_route]  # fmt: skip
         lines = [
-            f"scoring pass F = {self.scoring_ms:.2f} ms, plain training step S = {self.step_ms:.2f} ms "
-            f"({self.rows} rows); break-even keep rate 1 - F/S = {self.break_even_keep_rate:.2f}",
+            f"loader batch B = {self.rows} rows, backward batch b = {self.backward_batch_size} rows; "
+            f"optimizer {self.optimizer}",
+            f"scoring pass F = {self.scoring_ms:.2f} ms ({route}); plain step S = {self.step_ms:.2f} ms; "
+            f"backward step S_b = {self.backward_step_ms:.2f} ms",
+            f"break-even keep rate (S - F) b / (B S_b) = {self.break_even_keep_rate:.2f}; keep rates from {self.run}",
             "",
-            f"{'policy':22s} {'s (ms)':>8s} {'keep r':>7s} {'batch cost / S':>15s} {'saving/epoch':>13s} "
-            f"{'Stale-SB cost / S':>18s}",
+            f"{'policy':20s} {'s (ms)':>7s} {'keep r':>7s} {'r by quarter':>20s} {'train loss':>13s} "
+            f"{'batch cost / S':>15s} {'saving/epoch':>13s} {'Stale-SB / S':>13s}",
         ]
         for p in self.policies:
             stale = f"{p.stale_relative_cost:.2f}" if p.stale_relative_cost is not None else "-"
+            spread = " ".join(f"{r:.2f}" for r in p.keep_windows)
+            loss = f"{p.train_loss[0]:.3g}->{p.train_loss[1]:.3g}"
             lines.append(
-                f"{p.name:22s} {p.selection_ms:8.2f} {p.keep_rate:7.2f} {p.relative_cost:15.2f} "
-                f"{100 * p.saving:12.0f}% {stale:>18s}"
+                f"{p.name:20s} {p.selection_ms:7.2f} {p.keep_rate:7.2f} {spread:>20s} {loss:>13s} "
+                f"{p.relative_cost:15.2f} {100 * p.saving:12.0f}% {stale:>13s}"
             )
         lines += [
             "",
-            "Cost per loader batch = (F + s + r * S) / S (Stale-SB: F every "
-            f"{self.stale_every} epochs). A saving per epoch pays only if fewer backward examples do not need "
-            "more epochs to reach the same loss: measure that on your data before relying on it.",
+            f"Cost per loader batch = (F + s + r (B / b) S_b) / S (Stale-SB: F every {self.stale_every} epochs). "
+            "A saving per epoch pays only if fewer backward examples do not need more epochs to reach the same "
+            "loss: sbkernels.pilot measures that on your data. The keep rate is the run's, from this state: it moves "
+            "as training goes (r by quarter shows where it was heading).",
         ]
         return "\n".join(lines)
 
@@ -105,125 +131,99 @@ def estimate(
     model: nn.Module,
     batch: Batch,
     *,
+    loader: Iterable[Batch] | None = None,
+    backward_batch_size: int | None = None,
+    optimizer: torch.optim.Optimizer | OptimizerFactory | None = None,
     policies: Mapping[str, Policy] | None = None,
     loss_fn: Callable[[Any, Batch], Tensor] | None = None,
-    optimizer: Callable[[Sequence[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    steps: int = 48,
+    scoring: str = "auto",
     warmup: int = 2,
-    reps: int = 5,
+    reps: int = 10,
     stale_every: int = 3,
     timer: Callable[[], float] = time.perf_counter,
 ) -> Estimate:
-    """Measure F, S and each policy's s and r on ``model`` and ``batch`` (see the module doc).
+    """Measure S, and each policy's F, s, S_b and keep rate over a short selective run (see the module doc).
 
     Args:
-        model: the model (its parameters are not changed: the training step runs on a copy).
-        batch: ``(inputs, targets)`` for a classifier, or a dict with ``labels`` for a language model
-            (``model(**batch)`` returns ``.loss`` and ``.logits``; sequences are selected whole).
+        model: the model (not changed: every run trains a copy).
+        batch: a loader batch: ``(inputs, targets)`` for a classifier, or a dict with ``labels`` for a
+            language model (``model(**batch)`` returns ``.loss``; sequences are selected whole).
+        loader: the training batches the runs take (cycled; default: ``batch`` repeated, whose losses fall
+            faster than new data's, so pass your loader for the keep rate your training sees).
+        backward_batch_size: ``b``, rows per backward batch (default: the loader batch's rows).
+        optimizer: your optimizer of ``model`` (copied with its state and hyperparameters) or a factory
+            ``params -> optimizer``; default AdamW(lr=1e-3), said in the report.
         policies: name -> policy (fresh objects; default SB beta 1/2/3, Keep(0.5), Uniform(rate=0.5)).
-        loss_fn: ``loss_fn(outputs, batch)`` of the training step (default: mean cross-entropy, or the LM's
-            ``.loss``).
-        optimizer: a factory of the training step's optimizer (default SGD, lr 0).
+        loss_fn: ``loss_fn(outputs, batch)`` of the training step (default: the LM's ``.loss``, or
+            cross-entropy, weighted per row for weighted policies).
+        steps: recorded loader batches of each policy's run (after ``warmup`` more).
+        scoring: ``"auto"`` (an HF LM from its hidden states, as the trainer), ``"hidden"`` or ``"logits"``.
+        timer: the clock (``time.process_time`` for CPU time on a busy machine).
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
-    is_lm = isinstance(batch, Mapping)
-    rows = _rows(batch)
-    scoring_ms, scored = _median_ms(lambda: _score(model, batch), warmup, reps, timer)
-    step_ms = _step_ms(model, batch, loss_fn, optimizer, warmup, reps, timer)
-    estimates = []
+    if reps < 1 or warmup < 0 or steps < WINDOWS:
+        raise ValueError(f"need reps >= 1, warmup >= 0 and steps >= {WINDOWS}, got reps={reps}, warmup={warmup}, "
+                         f"steps={steps}")  # fmt: skip
+    device = next(model.parameters()).device
+    batch = to_device(batch, device)
+    rows = rows_of(batch)
+    b = rows if backward_batch_size is None else backward_batch_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise ValueError(f"backward_batch_size must be a positive int (rows per backward batch), got {b!r}")
+    trainee = Trainee(model, optimizer)
+    steps_of = LoopSteps.for_model(model, batch, scoring, loss_fn)
+    plain = plain_step_seconds(trainee, batch, steps_of, warmup, reps, timer)
+    runs = {}
     for name, policy in (policies or default_policies()).items():
-        selection_ms, keep_rate = _selection(policy, scored, batch, is_lm, warmup, reps, timer)
-        fixed = scoring_ms + selection_ms
-        stale = (scoring_ms / stale_every + selection_ms + keep_rate * step_ms) / step_ms
-        estimates.append(PolicyEstimate(name, selection_ms, keep_rate, (fixed + keep_rate * step_ms) / step_ms, stale))
-    return Estimate(scoring_ms, step_ms, rows, estimates, stale_every)
+        batches = loader_batches(batch, loader, warmup + steps, device)
+        runs[name] = selective_run(trainee, policy, batches, b, steps_of, timer, warmup)
+    scoring_ms = mean_ms([t for run in runs.values() for t in run.scoring])
+    backward = [t for run in runs.values() for t in run.backward_steps]
+    if b == rows:  # the same step: one mean over both samples
+        plain = backward = plain + backward
+    elif not backward:  # no policy kept a full backward batch in its run: time one
+        backward = plain_step_seconds(trainee, _rows_head(batch, b), steps_of, warmup, reps, timer)
+    step_ms, backward_ms = mean_ms(plain), mean_ms(backward)
+    estimates = [_policy_estimate(name, run, scoring_ms, step_ms, backward_ms, rows, b, stale_every)
+                 for name, run in runs.items()]  # fmt: skip
+    what = "the one batch repeated (pass loader= for your data's)" if loader is None else "your loader"
+    return Estimate(scoring_ms, step_ms, backward_ms, rows, b, estimates, stale_every, trainee.describe(),
+                    steps_of.route, f"{len(estimates)} run(s) of {steps} loader batches on {what}")  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------- pieces
-def _rows(batch: Batch) -> int:
+def _policy_estimate(name: str, run: Run, scoring_ms: float, step_ms: float, backward_ms: float, rows: int,
+                     b: int, stale_every: int) -> PolicyEstimate:  # fmt: skip
+    keep = sum(run.kept) / max(1, sum(run.rows))
+    windows = _windows(run.kept, run.rows)
+    losses = _thirds(run.train_losses)
+    selection_ms = mean_ms(run.selection)
+    training = keep * rows / b * backward_ms
+    cost = scoring_ms + selection_ms + training
+    stale = (scoring_ms / stale_every + selection_ms + training) / step_ms
+    return PolicyEstimate(name, selection_ms, keep, tuple(windows), cost, cost / step_ms, stale, losses)
+
+
+def _windows(kept: list[int], rows: list[int]) -> list[float]:
+    size = -(-len(kept) // WINDOWS)
+    return [sum(kept[i : i + size]) / max(1, sum(rows[i : i + size])) for i in range(0, len(kept), size)]
+
+
+def _thirds(losses: list[float]) -> tuple[float, float]:
+    if not losses:
+        return (float("nan"), float("nan"))
+    third = max(1, len(losses) // 3)
+    return statistics.fmean(losses[:third]), statistics.fmean(losses[-third:])
+
+
+def _rows_head(batch: Batch, rows: int) -> Batch:
+    """The first ``rows`` rows of a batch, repeated when it has fewer."""
+
+    def take(t):
+        return t.repeat(-(-rows // t.shape[0]), *([1] * (t.dim() - 1)))[:rows]
+
     if isinstance(batch, Mapping):
-        return int(batch["labels"].shape[0])
-    return int(batch[1].shape[0])
+        return {k: take(v) for k, v in batch.items()}
+    return tuple(take(t) for t in batch)
 
 
-def _forward(model: nn.Module, batch: Batch) -> Any:
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    return model(batch[0])
-
-
-def _score(model: nn.Module, batch: Batch) -> Tensor:
-    """The scoring pass: eval mode, no_grad; the logits (or the LM's)."""
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = _forward(model, {k: v for k, v in batch.items() if k != "labels"} if isinstance(batch, Mapping)
-                           else batch)  # fmt: skip
-            return out.logits if hasattr(out, "logits") else out
-    finally:
-        model.train(training)
-
-
-def _default_loss(outputs: Any, batch: Batch) -> Tensor:
-    if hasattr(outputs, "loss") and outputs.loss is not None:
-        return outputs.loss
-    assert not isinstance(batch, Mapping)
-    return F.cross_entropy(outputs, batch[1])
-
-
-def _step_ms(model, batch, loss_fn, optimizer, warmup: int, reps: int, timer) -> float:
-    twin = copy.deepcopy(model).train()
-    opt = (optimizer or (lambda params: torch.optim.SGD(params, lr=0.0)))(list(twin.parameters()))
-    loss_of = loss_fn or _default_loss
-
-    def step() -> None:
-        loss = loss_of(_forward(twin, batch), batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return _median_ms(step, warmup, reps, timer)[0]
-
-
-def _selection(policy: Policy, scored: Tensor, batch: Batch, is_lm: bool, warmup: int, reps: int, timer):
-    """(median ms of observe + taking the ready batches, keep rate) after the policy's history has filled."""
-    rows = scored.shape[0]
-    history = getattr(policy, "history_size", 1024)
-    sb = SelectiveBackprop(rows, policy)
-    targets = batch["labels"] if isinstance(batch, Mapping) else batch[1]
-    data = (dict(batch),) if isinstance(batch, Mapping) else tuple(batch)
-    # Fill the history with this batch's losses first (several calls for a long history): a full history of
-    # losses like these is what a long run ranks against, so the keep rate is the one it sees.
-    for _ in range(max(warmup, -(-history // rows))):
-        sb.observe(scored, targets, *data)
-        list(sb.ready_batches())
-    selections = []
-
-    def call() -> None:
-        selections.append(sb.observe(scored, targets, *data))
-        list(sb.ready_batches())
-
-    ms = _median_ms(call, 0, reps, timer)[0]
-    while len(selections) * rows < KEEP_RATE_ROWS:  # enough rows for the keep rate, untimed
-        call()
-    kept = sum(int(selection.count) for selection in selections)  # after timing: reading counts synchronizes
-    return ms, kept / (rows * len(selections))
-
-
-def _median_ms(fn: Callable[[], Any], warmup: int, reps: int, timer) -> tuple[float, Any]:
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(reps):
-        start = timer()
-        out = fn()
-        _sync()
-        times.append(timer() - start)
-    return 1e3 * statistics.median(times), out
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+__all__ = ["Estimate", "PolicyEstimate", "default_policies", "estimate"]

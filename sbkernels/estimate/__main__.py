@@ -1,5 +1,6 @@
 """``python -m sbkernels.estimate MODULE:CALLABLE [--input 3x224x224 --classes 1000 | --vocab V --tokens T]``:
-the estimate of :mod:`sbkernels.estimate` on a model built by MODULE:CALLABLE and random data."""
+the estimate of :mod:`sbkernels.estimate` on a model built by MODULE:CALLABLE and random data (one batch,
+repeated: the keep rates of random labels are not your data's; call ``sbkernels.estimate`` with your loader)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 
 from . import Batch, Estimate, estimate
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
 def _factory(spec: str) -> Callable[..., nn.Module]:
@@ -33,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> Estimate:
     parser.add_argument("--tokens", type=int, default=128, help="a language model's sequence length")
     parser.add_argument("--batch", type=int, default=64, help="rows of one loader batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--backward-batch", type=int, help="rows of one backward batch (default: --batch)")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw", help="the training step's")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the optimizer's learning rate")
+    parser.add_argument("--steps", type=int, default=48, help="loader batches of each policy's selective run")
+    parser.add_argument("--reps", type=int, default=10, help="timed plain steps")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     model = _factory(args.model)().to(device)
@@ -46,7 +53,14 @@ def main(argv: Sequence[str] | None = None) -> Estimate:
         shape = tuple(int(d) for d in args.input.split("x"))
         inputs = torch.randn(args.batch, *shape, generator=gen).to(device)
         batch = (inputs, torch.randint(0, args.classes, (args.batch,), generator=gen).to(device))
-    report = estimate(model, batch, reps=args.reps)
+    kind, lr = OPTIMIZERS[args.optimizer], args.lr
+
+    def optimizer(params):
+        return kind(params, lr=lr)
+
+    optimizer.__name__ = f"{kind.__name__}(lr={lr:g})"
+    report = estimate(model, batch, backward_batch_size=args.backward_batch, optimizer=optimizer, steps=args.steps,
+                      reps=args.reps)  # fmt: skip
     print(report)
     return report
 

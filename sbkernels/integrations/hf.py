@@ -51,7 +51,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -62,6 +62,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError("sbkernels.integrations.hf needs transformers: pip install 'sbkernels[hf]'") from error
 
+from ..pilot import PilotReport
 from ..trainer import SelectiveBackprop
 from ._engine import SelectionEngine
 from ._lm_scoring import (
@@ -71,6 +72,7 @@ from ._lm_scoring import (
     head_transform,
     hidden_state_error,
 )
+from ._pilot import trainer_pilot
 
 STATE_FILE = "selective_backprop.pt"
 
@@ -201,6 +203,12 @@ class SelectiveBackpropTrainer(Trainer):
         rows = math.ceil(len(dataset) / self.args.world_size)
         batches = math.ceil(rows / self.selective_backprop.batch_size)
         return math.ceil(passes * batches / self.args.gradient_accumulation_steps)
+
+    def pilot(self, budget: float, *, evaluate: Callable[[Any], float] | None = None, **options: Any) -> PilotReport:
+        """Will selection pay here? :func:`sbkernels.pilot` on copies of this trainer's model, with its training
+        loader, optimizer, policy and schedule, and the mean loss on ``eval_dataset`` (or ``evaluate``);
+        ``options``: the pilot's (``segment``, ``repeats``, ``clock``, ``seed``). The model is not trained."""
+        return trainer_pilot(self, budget, evaluate, **options)
 
     # ------------------------------------------------------------------------------------ selection
     def score(self, batch: dict[str, Any]) -> None:

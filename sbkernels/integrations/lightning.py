@@ -42,11 +42,13 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError("sbkernels.integrations.lightning needs lightning: pip install 'sbkernels[lightning]'") from error
 
+from ..pilot import PilotReport
 from ..pool._batch_spec import BackwardBatch
 from ..scoring import check_scale_factor, downsample_for_scoring
 from ..trainer import SelectiveBackprop
 from ._engine import SelectionEngine, sequence_cross_entropy
 from ._lm_scoring import head_transform
+from ._pilot import module_pilot
 
 CHECKPOINT_KEY = "selective_backprop"
 
@@ -120,6 +122,14 @@ class SelectiveBackpropModule(L.LightningModule):
         if weight is None:
             return F.cross_entropy(self(inputs), targets)
         return (weight * F.cross_entropy(self(inputs), targets, reduction="none")).sum()
+
+    def pilot(self, train_loader: Any, budget: float, *, val_loader: Any = None, evaluate: Any = None,
+              **options: Any) -> PilotReport:  # fmt: skip
+        """Will selection pay here? :func:`sbkernels.pilot` on copies of this module (before ``fit``), trained as
+        ``training_step`` trains it, with its first optimizer, policy and schedule, and the mean
+        :meth:`backward_loss` on ``val_loader`` (or ``evaluate``); ``options``: the pilot's. The module is not
+        trained."""
+        return module_pilot(self, train_loader, budget, val_loader, evaluate, **options)
 
     # --------------------------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:

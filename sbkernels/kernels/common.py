@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
+from .. import _rows as rows
 from .. import slots
-from ..ops import _rows as rows
 from . import device_guard, interpreting
 
 # The state's slots (csrc/slots.h) as Triton constants.
@@ -39,7 +39,7 @@ META_NONFINITE = tl.constexpr(slots.META_NONFINITE)
 META_BAD_TARGETS = tl.constexpr(slots.META_BAD_TARGETS)
 META_TICKET = tl.constexpr(slots.META_TICKET)
 MAX_COUNTER = tl.constexpr(slots.MAX_COUNTER)
-# Row flags of losses gathered across ranks (sbkernels.ops._rows.row_flags).
+# Row flags of losses gathered across ranks (sbkernels._rows.row_flags).
 ROW_IGNORED = tl.constexpr(rows.ROW_IGNORED)
 ROW_BAD_TARGET = tl.constexpr(rows.ROW_BAD_TARGET)
 

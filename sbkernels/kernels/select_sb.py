@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops._rows import integer_beta
+from .._rows import integer_beta
 from .common import (
     MAX_COUNTER,
     META_BAD_TARGETS,

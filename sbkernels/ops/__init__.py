@@ -99,7 +99,7 @@ def row_losses(
     *, logits: Tensor | None = None, targets: Tensor | None = None, losses: Tensor | None = None,
     ignore_index: int = -100, label_smoothing: float = 0.0, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``(loss, flags)`` per row (SPEC section 2; flags from :func:`._rows.row_flags`), no state touched."""
+    """``(loss, flags)`` per row (SPEC section 2; flags from :func:`sbkernels._rows.row_flags`), no state touched."""
     return call("row_losses", logits, targets, losses, ignore_index, float(label_smoothing), backend)
 
 

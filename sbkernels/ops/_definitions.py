@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from .. import _checks as checks
+from .._rows import row_flags
 from ..slots import META_SIZE
 from ._op_checks import check_op_inputs
 from ._registry import register_op
-from ._rows import row_flags
 from .backends import check_resolved, kernel
 
 
@@ -124,7 +124,7 @@ def _row_losses(
     logits: Tensor | None, targets: Tensor | None, losses: Tensor | None, ignore_index: int, label_smoothing: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``(loss, flags)`` per row: the loss of SPEC section 2 and :func:`~sbkernels.ops._rows.row_flags`."""
+    """``(loss, flags)`` per row: the loss of SPEC section 2 and :func:`~sbkernels._rows.row_flags`."""
     if logits is None:
         assert losses is not None
         loss = losses.to(torch.float32, copy=True)

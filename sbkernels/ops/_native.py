@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._rows import integer_beta
 from . import _scored
-from ._rows import integer_beta
 
 
 def select_sb(

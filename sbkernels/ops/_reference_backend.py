@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ._rows import flag_masks
+from .._rows import flag_masks
 
 
 def select_sb(

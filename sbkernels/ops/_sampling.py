@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._rows import compact
+from .._rows import compact
 
 
 def keep_weights(loss: Tensor, valid: Tensor, keep: float) -> Tensor:

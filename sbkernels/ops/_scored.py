@@ -15,9 +15,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._rows import advance_counters, compact, flag_masks, row_validity, target_masks
 from . import _sampling
 from ._omp import last_layer_gram, omp_nnls
-from ._rows import advance_counters, compact, flag_masks, row_validity, target_masks
 
 RowStatsKernel = Callable[..., tuple[Tensor, Tensor, Tensor]]
 ResidualsKernel = Callable[..., tuple[Tensor, Tensor]]

@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._rows import row_flags
 from ..reference import head_logits, loss_from_stats, reduce_sequences
-from ._rows import row_flags
 
 TokenKernel = Callable[..., Tensor]
 
@@ -46,7 +46,7 @@ def sequence_losses(
     token_losses: TokenKernel, *, logits: Tensor, labels: Tensor, shift: bool, ignore_index: int, reduction: str,
     label_smoothing: float, softcap: float | None = None, logit_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """``(loss, flags)`` per sequence: (B,) float32 and :func:`~._rows.row_flags` (ignored: no valid token).
+    """``(loss, flags)`` per sequence: (B,) float32 and :func:`~sbkernels._rows.row_flags` (ignored: no valid token).
     A capped or scaled head's logits are transformed first, into a float32 copy (the logits route already
     holds the logits; the linear forms transform each tile, or in registers)."""
     logits = head_logits(logits, softcap, logit_scale)

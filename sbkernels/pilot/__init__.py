@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._loop import LoopSteps, Trainee, rows_of, to_device
 from ..policies import Keep, Policy
 from ..schedule import ComposerSchedule, Schedule
-from ..trainer import SelectiveBackprop
+from ..trainer import PadValues, SelectiveBackprop
 
 #: Work of scoring one row against training it (forward with grad + backward: about three forwards).
 SCORING_COST = 1 / 3
@@ -62,6 +62,7 @@ class PilotReport:
     curves: list[tuple[Curve, Curve]]  # (plain, selective) per repeat
     clock: str
     policy: str
+    scoring: str = "logits"  # the scoring route: "logits", "hidden" (an LM's hidden states) or "module"
 
     @property
     def ratios(self) -> list[float | None]:
@@ -86,7 +87,7 @@ class PilotReport:
                 f"(range {low:.2f}-{high:.2f} {spread})")  # fmt: skip
 
     def __str__(self) -> str:
-        lines = [f"sbkernels pilot ({self.policy}; clock: {self.clock})"]
+        lines = [f"sbkernels pilot ({self.policy}; clock: {self.clock}; scoring: {self.scoring})"]
         for i, (plain, selective) in enumerate(self.curves):
             ratio = self.ratios[i]
             lines.append(
@@ -132,6 +133,9 @@ def pilot(
     repeats: int = 1,
     clock: str = "wall",
     seed: int = 0,
+    loop: LoopSteps | None = None,
+    fields: tuple[str, ...] | None = None,
+    pad_values: PadValues = None,
 ) -> PilotReport:
     """Train plain and selective copies of ``model`` in alternating segments for ``budget`` (clock units per
     arm) and compare their held-out losses (module doc).
@@ -139,13 +143,18 @@ def pilot(
     Args:
         model: the model as it stands (a checkpoint loaded); it is copied, never trained itself.
         loader: the training batches: ``(inputs, targets)`` of a classifier, or a Hugging Face dict with labels.
-        optimizer: the user's optimizer; each arm gets one of its class and ``defaults`` on its copy.
+        optimizer: the user's optimizer of ``model``; each arm gets a copy of it (hyperparameters, parameter
+            groups and state) on its copy of the model.
         evaluate: ``evaluate(model) -> float``, the held-out loss (called untimed after every segment).
         budget: each arm's training time (seconds; with ``clock="rows"``, work units).
         segment: the length of one segment (default: a tenth of the budget).
         policy, schedule: the selective arm's (default Composer's: ``Keep(0.5)``, on from 50% to 90% of the run).
         batch_size: the backward batch (default: the loader's batch size, from its first batch).
         repeats: runs from the model's state with seeds ``seed``, ``seed + 1``, ...
+        fields, pad_values: the selective arm's :class:`~sbkernels.SelectiveBackprop` options (batches of
+            varying length need pad values, e.g. ``{"input_ids": tokenizer.pad_token_id}``).
+        loop: how a batch is scored and a backward batch's loss taken (an integration passes its own;
+            default: a Hugging Face LM from its hidden states, as ``SelectiveBackpropTrainer``, else logits).
     """
     if clock not in ("wall", "rows"):
         raise ValueError(f"clock must be 'wall' or 'rows', got {clock!r}")
@@ -154,11 +163,12 @@ def pilot(
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     segment = budget / 10 if segment is None else segment
+    loop = loop if loop is not None else LoopSteps.for_model(model, next(iter(loader)))
     start = copy.deepcopy(model.state_dict())
     curves = []
     for repeat in range(repeats):
         model.load_state_dict(start)
-        plain, selective = (_Arm(name, model, optimizer, loader, clock, seed + repeat) for name in ARMS)
+        plain, selective = (_Arm(name, Trainee(model, optimizer), loop, loader, clock, seed + repeat) for name in ARMS)
 
         def selection(rows: int, plain: _Arm = plain, repeat: int = repeat) -> SelectiveBackprop:
             """The selective arm's, made at its first batch: Composer's schedule needs the run's length in
@@ -167,7 +177,7 @@ def pilot(
             return SelectiveBackprop(
                 batch_size or rows, copy.deepcopy(policy) if policy is not None else Keep(0.5, seed=seed + repeat),
                 schedule=copy.deepcopy(schedule) if schedule is not None else ComposerSchedule(
-                    0.5, 0.9, 2, max_duration=expected),
+                    0.5, 0.9, 2, max_duration=expected), fields=fields, pad_values=pad_values,
             )  # fmt: skip
 
         while min(plain.elapsed, selective.elapsed) < budget:
@@ -177,17 +187,17 @@ def pilot(
                     arm.record(evaluate)
         curves.append((plain.curve, selective.curve))
     model.load_state_dict(start)
-    return PilotReport(curves, clock, repr(policy or Keep(0.5)))
+    return PilotReport(curves, clock, repr(policy or Keep(0.5)), loop.route)
 
 
 class _Arm:
     """One arm's copy of the model, its optimizer, its place in the data and its clock."""
 
-    def __init__(self, name: str, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any],
-                 clock: str, seed: int) -> None:  # fmt: skip
-        self.name, self.loader, self.clock, self.seed = name, loader, clock, seed
-        self.model = copy.deepcopy(model).train()
-        self.optimizer = type(optimizer)(self.model.parameters(), **optimizer.defaults)
+    def __init__(self, name: str, trainee: Trainee, loop: LoopSteps, loader: Iterable[Any], clock: str,
+                 seed: int) -> None:  # fmt: skip
+        self.name, self.loop, self.loader, self.clock, self.seed = name, loop, loader, clock, seed
+        self.model, self.optimizer = trainee.copy()
+        self.device = next(self.model.parameters()).device
         self.curve = Curve(name)
         self.elapsed = 0.0
         self.sb: SelectiveBackprop | None = None
@@ -211,7 +221,7 @@ class _Arm:
             if self.name == "plain":
                 work = self._train_plain(batch)
             else:
-                self.sb = self.sb if self.sb is not None else selection(_rows(batch))
+                self.sb = self.sb if self.sb is not None else selection(rows_of(batch))
                 work = self._train_selective(batch, self.sb)
             self.batches += 1
             self.elapsed += time.perf_counter() - begin if self.clock == "wall" else work
@@ -223,7 +233,7 @@ class _Arm:
                 self.iterator = iter(self.loader)
             batch = next(self.iterator, None)
             if batch is not None:
-                return batch
+                return to_device(batch if isinstance(batch, Mapping) else tuple(batch), self.device)
             self.iterator, self.epoch = None, self.epoch + 1
             if self.sb is not None:
                 for ready in self.sb.flush():
@@ -231,18 +241,14 @@ class _Arm:
                 self.sb.start_epoch(self.epoch)
 
     def _train_plain(self, batch: Any) -> float:
-        rows = _rows(batch)
+        rows = rows_of(batch)
         self._step(batch, None)
         self.curve.rows_seen += rows
         return float(rows)
 
     def _train_selective(self, batch: Any, sb: SelectiveBackprop) -> float:
-        rows = _rows(batch)
-        self.model.eval()
-        with torch.no_grad():
-            scores, targets = _scores(self.model, batch)
-            sb.observe(scores, targets, *(batch if isinstance(batch, (tuple, list)) else (batch,)))
-        self.model.train()
+        rows = rows_of(batch)
+        self.loop.observe(sb, self.model, batch)
         trained = 0
         for ready in sb.ready_batches():
             trained += self._step(ready.data, ready.weight)
@@ -250,31 +256,10 @@ class _Arm:
         return SCORING_COST * rows + trained
 
     def _step(self, batch: Any, weight: Tensor | None) -> int:
-        loss = _loss(self.model, batch, weight)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        rows = _rows(batch)
+        self.loop.train(self.model, self.optimizer, batch, weight)
+        rows = rows_of(batch)
         self.curve.rows_trained += rows
         return rows
-
-
-def _rows(batch: Any) -> int:
-    first = next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0]
-    return int(first.shape[0])
-
-
-def _scores(model: nn.Module, batch: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(batch, Mapping):
-        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]
-    return model(batch[0]), batch[1]
-
-
-def _loss(model: nn.Module, batch: Any, weight: Tensor | None) -> Tensor:
-    if isinstance(batch, Mapping):
-        return model(**batch).loss
-    losses = F.cross_entropy(model(batch[0]), batch[1], reduction="none")
-    return losses.mean() if weight is None else (weight * losses).mean()
 
 
 def _time_to_reach(plain: Curve, selective: Curve) -> float | None:

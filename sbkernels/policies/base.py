@@ -112,7 +112,7 @@ class Policy:
         )  # fmt: skip
 
     def select_rows(self, losses: Tensor, flags: Tensor, state: SelectorState) -> Selection:
-        """Select from per-row losses and their flags (:func:`sbkernels.ops._rows.row_flags`: ignored rows,
+        """Select from per-row losses and their flags (:func:`sbkernels._rows.row_flags`: ignored rows,
         e.g. sequences with no valid token, and bad ones are never selected)."""
         raise ValueError(
             f"{type(self).__name__} scores rows from their logits; for per-row or per-sequence losses use SB, "

@@ -12,8 +12,8 @@ import torch
 
 import sbkernels
 from sbkernels import reference
+from sbkernels._rows import integer_beta, target_masks
 from sbkernels.ops import _sampling as sampling
-from sbkernels.ops._rows import integer_beta, target_masks
 from tests.helpers import ISAS, loss_tolerance, random_logits, random_targets
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

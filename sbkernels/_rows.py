@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..slots import (
+from .slots import (
     MAX_INTEGER_BETA,
     META_BAD_TARGETS,
     META_NONFINITE,
