@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .._loop import LoopSteps, rows_of, to_device
@@ -23,6 +24,7 @@ def trainer_pilot(trainer: Any, budget: float, evaluate: Callable[[Any], float] 
     ``eval_dataset``; LMs scored on the route the trainer scores them on."""
     from transformers import Trainer
 
+    _one_process(trainer.args.world_size)
     model = trainer.model
     loader = Trainer.get_train_dataloader(trainer)  # the Trainer's own loader, not the selecting wrapper
     if evaluate is None:
@@ -72,6 +74,7 @@ def module_pilot(module: Any, train_loader: Iterable[Any], budget: float, val_lo
                  evaluate: Callable[[Any], float] | None = None, **options: Any) -> PilotReport:  # fmt: skip
     """``SelectiveBackpropModule.pilot``: the module's first optimizer from ``configure_optimizers``, and by
     default the mean :meth:`backward_loss` over ``val_loader``."""
+    _one_process(dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
     if evaluate is None:
         if val_loader is None:
             raise ValueError("the pilot compares held-out losses: pass val_loader= (held-out batches) or "
@@ -81,6 +84,16 @@ def module_pilot(module: Any, train_loader: Iterable[Any], budget: float, val_lo
     return pilot(module, train_loader, first_optimizer(module.configure_optimizers()), evaluate, budget=budget,
                  policy=sb.policy, schedule=sb.schedule, batch_size=sb.batch_size, loop=ModuleSteps("module"),
                  fields=sb.fields, pad_values=sb.pad_values, **options)  # fmt: skip
+
+
+def _one_process(world_size: int) -> None:
+    """The pilot trains copies, not the distributed model: under N processes each would pilot on its own shard
+    and print its own verdict."""
+    if world_size > 1:
+        raise RuntimeError(
+            f"the pilot runs in one process, and this one is 1 of {world_size}: call it from a single process "
+            "(python script.py, not torchrun or a multi-process strategy) before launching the distributed run"
+        )
 
 
 def first_optimizer(config: Any) -> torch.optim.Optimizer:

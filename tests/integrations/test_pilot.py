@@ -41,6 +41,17 @@ def test_the_trainer_pilots_on_its_own_model_loader_and_eval_set(tmp_path):
     assert trainer.state.global_step == 2
 
 
+def test_the_pilot_refuses_to_run_as_one_of_several_processes(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path)
+    monkeypatch.setattr(type(trainer.args), "world_size", property(lambda self: 2))
+    with pytest.raises(RuntimeError, match="1 of 2: call it from a single process"):
+        trainer.pilot(budget=100, clock="rows")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    with pytest.raises(RuntimeError, match="1 of 2"):
+        Classifier(sbkernels.SB()).pilot(problem(True)[1], budget=100, clock="rows", evaluate=lambda m: 0.0)
+
+
 def test_the_trainer_pilot_needs_held_out_data(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.eval_dataset = None
