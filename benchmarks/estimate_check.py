@@ -17,7 +17,8 @@ it saw: each row shows both rates by quarter (``--batches 128`` shows the drift)
 
 CPU time (``time.process_time``) on both sides: the shared machine's other load moves wall time by 2x. One
 intra-op thread: the process's CPU time is then exact, while a second thread's time is only counted at the
-scheduler's ticks (4 ms here), which a step of 1 ms cannot be measured with. CPU numbers, not GPU claims.
+scheduler's ticks (4 ms here), which a step of 1 ms cannot be measured with. CPU numbers, not GPU claims;
+``--device cuda`` (``benchmarks/gpu_run.sh``) measures wall time with the device synchronized.
 """
 
 from __future__ import annotations
@@ -40,7 +41,20 @@ from .measure import device_name, git_commit
 from .step import resnet18
 
 BATCH = 64
+#: Set by main: CPU time on the CPU, wall time (the device synchronized) on a GPU.
+DEVICE = torch.device("cpu")
 clock = time.process_time
+
+
+def on_device(data):
+    if isinstance(data, dict):
+        return {k: v.to(DEVICE) for k, v in data.items()}
+    return tuple(t.to(DEVICE) for t in data)
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # -------------------------------------------------------------------------------------------- the cases
@@ -133,7 +147,7 @@ def measured_loop(case: str, policy, b: int, batches: int, seed: int) -> tuple[f
     None); the first 2 batches (the allocator's and the optimizer's first-call costs) left out."""
     make_model, make_data, make_opt = CASES[case]
     torch.manual_seed(seed)
-    model = make_model().train()
+    model = make_model().to(DEVICE).train()
     opt = make_opt(list(model.parameters()))
     sb = None if policy is None else sbkernels.SelectiveBackprop(b, policy)
     times, kept, epoch = [], [], 0
@@ -141,7 +155,8 @@ def measured_loop(case: str, policy, b: int, batches: int, seed: int) -> tuple[f
         for data in loader(make_data(), seed + 1000 * epoch):
             if len(times) == batches:
                 break
-            data = data if isinstance(data, dict) else tuple(data)
+            data = on_device(data)
+            sync()
             start = clock()
             if sb is None:
                 step(model, opt, data)
@@ -151,6 +166,7 @@ def measured_loop(case: str, policy, b: int, batches: int, seed: int) -> tuple[f
                 for ready in sb.ready_batches():
                     step(model, opt, ready.data)
                 kept.append(sb.counts["backward"] - before)
+            sync()
             times.append(clock() - start)
         epoch += 1
     quarter = -(-len(kept) // 4) or 1
@@ -161,9 +177,8 @@ def measured_loop(case: str, policy, b: int, batches: int, seed: int) -> tuple[f
 def check(case: str, b: int, name: str, policy_factory, batches: int) -> dict:
     make_model, make_data, make_opt = CASES[case]
     torch.manual_seed(1)
-    model = make_model()
-    sample = next(iter(loader(make_data(), 1)))
-    sample = sample if isinstance(sample, dict) else tuple(sample)
+    model = make_model().to(DEVICE)
+    sample = on_device(next(iter(loader(make_data(), 1))))
     report = sbkernels.estimate(model, sample, loader=loader(make_data(), 2), backward_batch_size=b,
                                 optimizer=make_opt, policies={name: policy_factory()}, timer=clock)  # fmt: skip
     p = report.policies[0]
@@ -181,9 +196,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=50, help="loader batches of each measured loop")
     parser.add_argument("--models", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    parser.add_argument("--device", default="cpu", help="cpu (CPU time, one thread) or cuda (wall time, synchronized)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/estimate-cpu"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    global DEVICE, clock
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(1)
+    else:
+        clock = time.perf_counter
     policies = {"SB(beta=1)": lambda: sbkernels.SB(beta=1.0), "Uniform(0.5)": lambda: sbkernels.Uniform(rate=0.5)}
     rows = []
     for case in args.models.split(","):
@@ -191,23 +212,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for name, factory in policies.items():
                 rows.append(check(case, b, name, factory, args.batches))
                 print(json.dumps(rows[-1]), flush=True)
-    write(rows, args.out, argv)
+    write(rows, args.out, argv, DEVICE)
     return rows
 
 
-def write(rows: list[dict], out: Path, argv) -> None:
+def write(rows: list[dict], out: Path, argv, device: torch.device) -> None:
     command = "python -m benchmarks.estimate_check " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "# `sbkernels.estimate` against measured loops, on models it was not developed on (CPU time)",
+        f"# `sbkernels.estimate` against measured loops, on models it was not developed on ({device.type})",
         "",
-        f"{device_name(torch.device('cpu'))}, torch {torch.__version__}, commit {git_commit()}. "
-        f"Command: `{command.strip()}`.",
+        f"{device_name(device)}, torch {torch.__version__}, commit {git_commit()}. Command: `{command.strip()}`.",
         "",
         "Loader batch B = 64. Predicted: `F + s + r (B / b) S_b` per loader batch from `estimate` (the model, a batch,",
         "the loader, the optimizer; a 48-batch selective run per policy); measured: the mean CPU time per loader",
         "batch of a plain and a selective loop over the loader from a fresh model. Goal: |error| <= 15%.",
-        "F, S, S_b, s in CPU ms.",
-        "CPU numbers, not GPU claims.",
+        "F, S, S_b, s in ms: "
+        + (
+            "CPU time, one thread; CPU numbers, not GPU claims."
+            if device.type == "cpu"
+            else "wall time, the device synchronized."
+        ),
         "",
         "| model | b | policy | F | S | S_b | s | keep r | r by quarter | loop's r by quarter | predicted (ms) "
         "| measured (ms) | error "

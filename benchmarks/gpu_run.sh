@@ -12,6 +12,7 @@
 # Steps, in order: build, gpu-only (tests/kernels/test_gpu.py: no-sync, CUDA graphs, N*C > 2**31, compile, two GPUs),
 # equality (every other test file, tests/ and its subfolders, on CUDA tensors, one file at a time), report,
 # step-benchmark, microbenchmarks, lm (benchmarks/lm.py on CUDA: the Triton LM kernels, the fused linear form),
+# estimate (benchmarks/estimate_check.py on CUDA: sbkernels.estimate against measured loops, four models),
 # fsdp (examples/lightning_ddp.py under Lightning's FSDPStrategy and examples/hf_ddp.py under accelerate's FSDP2,
 # on 2 GPUs: both frameworks shard on GPUs only). Test budgets come from a count: each collected test may compile a few Triton
 # configurations (0.4-1.7 s each on triton 3.6), so a file gets BASE + PER_TEST seconds per collected test.
@@ -85,6 +86,8 @@ selected microbenchmarks && step microbenchmarks timeout 150 python3 -m pytest b
   -p no:cacheprovider --benchmark-json="$out/microbench.json" --benchmark-columns=median,iqr,rounds \
   --benchmark-sort=name
 selected lm && step lm timeout 900 python3 -m benchmarks.lm --device cuda --out "$out/lm-gpu"
+selected estimate && step estimate timeout 900 python3 -m benchmarks.estimate_check --device cuda \
+  --out "$out/estimate-gpu"
 selected fsdp && step fsdp timeout 600 python3 -m examples.lightning_ddp --strategy fsdp --accelerator cuda \
   --record "$out/fsdp"
 selected fsdp && step fsdp-hf timeout 600 torchrun --nproc_per_node 2 -m examples.hf_ddp --fsdp --device cuda \

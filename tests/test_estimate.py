@@ -160,3 +160,20 @@ def test_bad_arguments(kwargs, match):
 def test_a_bad_model_name_on_the_command_line():
     with pytest.raises(SystemExit, match="MODULE:CALLABLE"):
         main(["tiny_mlp"])
+
+
+def test_the_accuracy_benchmark_runs_and_writes_its_table(tmp_path):
+    """benchmarks/estimate_check.py end to end on its smallest model (its numbers are the benchmark's)."""
+    pytest.importorskip("sklearn")
+    from benchmarks import estimate_check
+
+    threads = torch.get_num_threads()
+    try:
+        rows = estimate_check.main(["--models", "mlp", "--batches", "8", "--out", str(tmp_path / "check")])
+    finally:
+        torch.set_num_threads(threads)  # the benchmark measures on one thread
+    assert [(r["b"], r["policy"]) for r in rows] == [(64, "SB(beta=1)"), (64, "Uniform(0.5)"), (32, "SB(beta=1)"),
+                                                     (32, "Uniform(0.5)")]  # fmt: skip
+    assert all(r["predicted_ms"] > 0 and r["measured_ms"] > 0 and len(r["measured_keep_windows"]) == 4 for r in rows)
+    table = (tmp_path / "check.md").read_text()
+    assert table.count("| mlp |") == 4 and "Largest |error|" in table
