@@ -32,7 +32,7 @@ def sgd(lr: float, momentum: float = 0.0):
 def test_estimate_is_consistent_and_leaves_the_model_alone():
     model = tiny_mlp()
     before = [p.clone() for p in model.parameters()]
-    report = sbkernels.estimate(model, classifier_batch(), steps=8, reps=3, optimizer=sgd(0.0))
+    report = sbkernels.estimate(model, classifier_batch(), steps=8, optimizer=sgd(0.0))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert report.scoring_ms > 0 and report.step_ms > 0 and report.backward_step_ms > 0
     assert report.rows == 64 and report.backward_batch_size == 64
@@ -54,7 +54,7 @@ def test_estimate_is_consistent_and_leaves_the_model_alone():
 
 
 def test_the_backward_batch_size_enters_the_cost():
-    report = sbkernels.estimate(tiny_mlp(), classifier_batch(), backward_batch_size=16, steps=8, reps=3,
+    report = sbkernels.estimate(tiny_mlp(), classifier_batch(), backward_batch_size=16, steps=8,
                                 policies={"SB": sbkernels.SB()})  # fmt: skip
     assert report.backward_batch_size == 16
     p = report.policies[0]
@@ -64,7 +64,7 @@ def test_the_backward_batch_size_enters_the_cost():
     assert report.break_even_keep_rate == pytest.approx(
         max(0.0, (report.step_ms - report.scoring_ms) * 16 / (64 * report.backward_step_ms))
     )
-    wider = sbkernels.estimate(tiny_mlp(), classifier_batch(), backward_batch_size=96, steps=8, reps=2,
+    wider = sbkernels.estimate(tiny_mlp(), classifier_batch(), backward_batch_size=96, steps=8,
                                policies={"SB": sbkernels.SB()})  # fmt: skip
     assert wider.backward_batch_size == 96 and wider.backward_step_ms > 0  # batches ready every few loader batches
 
@@ -73,9 +73,9 @@ def test_the_keep_rate_is_a_training_runs():
     """Losses that fall while the history lags keep fewer rows than the same batch scored with no training:
     the estimate's run trains, so it sees the lower rate (a fixed-batch rate would miss it)."""
     batch, policies = classifier_batch(), {"SB": sbkernels.SB(beta=1.0)}
-    still = sbkernels.estimate(tiny_mlp(), batch, optimizer=sgd(0.0), policies=policies, steps=24, reps=1)
+    still = sbkernels.estimate(tiny_mlp(), batch, optimizer=sgd(0.0), policies=policies, steps=24)
     learning = sbkernels.estimate(tiny_mlp(), batch, optimizer=sgd(0.5, 0.9), policies={"SB": sbkernels.SB()},
-                                  steps=24, reps=1)  # fmt: skip
+                                  steps=24)  # fmt: skip
     (s,), (t,) = still.policies, learning.policies
     assert t.train_loss[1] < t.train_loss[0] - 0.2  # the run's losses fell
     assert s.train_loss[1] > s.train_loss[0] - 0.1  # lr 0: they did not (the kept rows vary)
@@ -90,11 +90,11 @@ def test_the_users_optimizer_is_copied_with_its_state_and_named():
     optimizer.step()  # momentum buffers now exist
     state = {k: v["momentum_buffer"].clone() for k, v in enumerate(optimizer.state.values())}
     weights = [p.clone() for p in model.parameters()]
-    report = sbkernels.estimate(model, (x, y), optimizer=optimizer, steps=4, reps=1, policies={"SB": sbkernels.SB()})
+    report = sbkernels.estimate(model, (x, y), optimizer=optimizer, steps=4, policies={"SB": sbkernels.SB()})
     assert "SGD(lr=0.05, momentum=0.9) (yours" in report.optimizer and report.optimizer in str(report)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
     assert all(torch.equal(state[k], v["momentum_buffer"]) for k, v in enumerate(optimizer.state.values()))
-    assert "AdamW(lr=0.001) (the default" in sbkernels.estimate(model, (x, y), steps=4, reps=1,
+    assert "AdamW(lr=0.001) (the default" in sbkernels.estimate(model, (x, y), steps=4,
                                                                 policies={"SB": sbkernels.SB()}).optimizer  # fmt: skip
     with pytest.raises(ValueError, match="optimizer holds parameters that are not the model's"):
         sbkernels.estimate(model, (x, y), optimizer=torch.optim.SGD(tiny_mlp().parameters(), lr=0.1))
@@ -111,11 +111,11 @@ def test_runs_take_the_loader_and_refuse_an_empty_one():
                 taken.append(seed)
                 yield classifier_batch(seed=seed)
 
-    report = sbkernels.estimate(tiny_mlp(), classifier_batch(), loader=Loader(), steps=5, warmup=1, reps=1,
+    report = sbkernels.estimate(tiny_mlp(), classifier_batch(), loader=Loader(), steps=5, warmup=1,
                                 policies={"SB": sbkernels.SB()})  # fmt: skip
-    assert len(taken) == 6 and "your loader" in report.run  # 6 loader batches: the loader cycled
+    assert len(taken) == 12 and "your loader" in report.run  # 6 loader batches per run (plain, SB): it cycled
     with pytest.raises(ValueError, match="loader yielded no batches"):
-        sbkernels.estimate(tiny_mlp(), classifier_batch(), loader=[], steps=4, reps=1)
+        sbkernels.estimate(tiny_mlp(), classifier_batch(), loader=[], steps=4)
 
 
 def _gpt2():
@@ -129,10 +129,10 @@ def test_language_models_are_scored_on_the_trainers_route():
     model = _gpt2()
     ids = torch.randint(0, 50, (8, 12), generator=torch.Generator().manual_seed(1))
     batch, policies = {"input_ids": ids, "labels": ids}, {"SB": sbkernels.SB()}
-    report = sbkernels.estimate(model, batch, policies=policies, steps=4, reps=2)
+    report = sbkernels.estimate(model, batch, policies=policies, steps=4)
     assert report.rows == 8 and 0 < report.policies[0].keep_rate <= 1
     assert report.scoring_route == "hidden" and "hidden states" in str(report)
-    logits = sbkernels.estimate(model, batch, policies={"SB": sbkernels.SB()}, steps=4, reps=1, scoring="logits")
+    logits = sbkernels.estimate(model, batch, policies={"SB": sbkernels.SB()}, steps=4, scoring="logits")
     assert logits.scoring_route == "logits"
     with pytest.raises(ValueError, match="scoring='hidden' needs"):
         sbkernels.estimate(tiny_mlp(), classifier_batch(), scoring="hidden")
@@ -140,8 +140,7 @@ def test_language_models_are_scored_on_the_trainers_route():
 
 def test_the_command_line(capsys):
     report = main(["tests.test_estimate:tiny_mlp", "--input", "3x4", "--classes", "7", "--batch", "32",
-                   "--backward-batch", "16", "--optimizer", "sgd", "--lr", "0.1", "--steps", "4",
-                   "--reps", "2"])  # fmt: skip
+                   "--backward-batch", "16", "--optimizer", "sgd", "--lr", "0.1", "--steps", "4"])  # fmt: skip
     assert report.rows == 32 and report.backward_batch_size == 16
     out = capsys.readouterr().out
     assert "break-even keep rate" in out and "SGD(lr=0.1)" in out
@@ -149,7 +148,7 @@ def test_the_command_line(capsys):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"reps": 0}, "reps >= 1"), ({"steps": 2}, "steps >= 4"), ({"backward_batch_size": 0}, "backward_batch_size"),
+    [({"warmup": -1}, "warmup >= 0"), ({"steps": 2}, "steps >= 4"), ({"backward_batch_size": 0}, "backward_batch_size"),
      ({"backward_batch_size": 2.5}, "backward_batch_size"), ({"scoring": "fast"}, "scoring must be")],
 )  # fmt: skip
 def test_bad_arguments(kwargs, match):

@@ -9,16 +9,18 @@
 On the user's model, optimizer and data it measures, on copies (the user's model and optimizer are not
 touched):
 
-- ``S``: a plain training step (forward with grad, backward, the optimizer's step) on the loader batch of
-  ``B`` rows: the cost of a loader batch without selection;
+- ``S``: a plain training step (forward with grad, backward, the optimizer's step) on a loader batch of
+  ``B`` rows, the mean over a plain run of ``steps`` loader batches: the cost of a loader batch without
+  selection;
 - for each policy, a short selective run of ``steps`` loader batches (from ``loader``, or the one ``batch``
   repeated) with the user's optimizer, as a training loop makes it: its losses fall, and the policy's
-  history lags behind them, which is why the keep rate of a run is lower than the rate on one fixed batch.
+  history lags behind them, which is why the keep rate of a run is not the rate on one fixed batch.
   It times ``F``, the scoring pass (a Hugging Face LM on the route ``SelectiveBackpropTrainer`` takes: its
   last hidden states and output embeddings), ``s``, the selection and gathering, and ``S_b``, a training
-  step on a backward batch of ``b`` rows, and counts ``r``, the fraction of rows kept, with its range over
-  the run's windows.
+  step on a backward batch of ``b`` rows, and counts ``r``, the fraction of rows kept, by quarter of the
+  run (the rate moves as training goes).
 
+Times are means, not medians: a loop pays its occasional slow calls too.
 A loader batch then costs about ``F + s + r (B / b) S_b`` against ``S``: ``r B / b`` backward steps of
 ``b`` rows each. ``S_b`` is not ``(b / B) S``: a step has costs that do not shrink with its rows, so on a
 small model a backward batch of 32 costs more than half a step of 64. (Stale-SB: ``F`` only every
@@ -39,7 +41,7 @@ from torch import Tensor, nn
 
 from .._loop import Batch, LoopSteps, OptimizerFactory, Trainee, rows_of, to_device
 from ..policies import SB, Keep, Policy, Uniform
-from ._run import Run, loader_batches, mean_ms, plain_step_seconds, selective_run
+from ._run import Run, loader_batches, mean_ms, plain_run, selective_run
 
 #: Loader batches a keep rate's range is taken over (each window's rate; the range is their min and max).
 WINDOWS = 4
@@ -54,7 +56,7 @@ class PolicyEstimate:
     cost_ms: float  # F + s + r (B / b) S_b: a loader batch with selection
     relative_cost: float  # cost_ms / S
     stale_relative_cost: float | None  # with Stale-SB (scoring every ``stale_every`` epochs)
-    train_loss: tuple[float, float]  # the run's mean training loss over its first and last windows
+    train_loss: tuple[float, float]  # the run's mean training loss over its first and last thirds
 
     @property
     def keep_range(self) -> tuple[float, float]:
@@ -139,7 +141,6 @@ def estimate(
     steps: int = 48,
     scoring: str = "auto",
     warmup: int = 2,
-    reps: int = 10,
     stale_every: int = 3,
     timer: Callable[[], float] = time.perf_counter,
 ) -> Estimate:
@@ -157,13 +158,12 @@ def estimate(
         policies: name -> policy (fresh objects; default SB beta 1/2/3, Keep(0.5), Uniform(rate=0.5)).
         loss_fn: ``loss_fn(outputs, batch)`` of the training step (default: the LM's ``.loss``, or
             cross-entropy, weighted per row for weighted policies).
-        steps: recorded loader batches of each policy's run (after ``warmup`` more).
+        steps: recorded loader batches of each run, plain and per policy (after ``warmup`` more).
         scoring: ``"auto"`` (an HF LM from its hidden states, as the trainer), ``"hidden"`` or ``"logits"``.
         timer: the clock (``time.process_time`` for CPU time on a busy machine).
     """
-    if reps < 1 or warmup < 0 or steps < WINDOWS:
-        raise ValueError(f"need reps >= 1, warmup >= 0 and steps >= {WINDOWS}, got reps={reps}, warmup={warmup}, "
-                         f"steps={steps}")  # fmt: skip
+    if warmup < 0 or steps < WINDOWS:
+        raise ValueError(f"need warmup >= 0 and steps >= {WINDOWS}, got warmup={warmup}, steps={steps}")
     device = next(model.parameters()).device
     batch = to_device(batch, device)
     rows = rows_of(batch)
@@ -171,24 +171,24 @@ def estimate(
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise ValueError(f"backward_batch_size must be a positive int (rows per backward batch), got {b!r}")
     trainee = Trainee(model, optimizer)
-    steps_of = LoopSteps.for_model(model, batch, scoring, loss_fn)
-    plain = plain_step_seconds(trainee, batch, steps_of, warmup, reps, timer)
+    loop = LoopSteps.for_model(model, batch, scoring, loss_fn)
+    plain = plain_run(trainee, loader_batches(batch, loader, warmup + steps, device), loop, timer, warmup)
     runs = {}
     for name, policy in (policies or default_policies()).items():
         batches = loader_batches(batch, loader, warmup + steps, device)
-        runs[name] = selective_run(trainee, policy, batches, b, steps_of, timer, warmup)
+        runs[name] = selective_run(trainee, policy, batches, b, loop, timer, warmup)
     scoring_ms = mean_ms([t for run in runs.values() for t in run.scoring])
     backward = [t for run in runs.values() for t in run.backward_steps]
     if b == rows:  # the same step: one mean over both samples
         plain = backward = plain + backward
     elif not backward:  # no policy kept a full backward batch in its run: time one
-        backward = plain_step_seconds(trainee, _rows_head(batch, b), steps_of, warmup, reps, timer)
+        backward = plain_run(trainee, [_rows_head(batch, b)] * (warmup + steps), loop, timer, warmup)
     step_ms, backward_ms = mean_ms(plain), mean_ms(backward)
     estimates = [_policy_estimate(name, run, scoring_ms, step_ms, backward_ms, rows, b, stale_every)
                  for name, run in runs.items()]  # fmt: skip
     what = "the one batch repeated (pass loader= for your data's)" if loader is None else "your loader"
     return Estimate(scoring_ms, step_ms, backward_ms, rows, b, estimates, stale_every, trainee.describe(),
-                    steps_of.route, f"{len(estimates)} run(s) of {steps} loader batches on {what}")  # fmt: skip
+                    loop.route, f"{len(estimates)} run(s) of {steps} loader batches on {what}")  # fmt: skip
 
 
 def _policy_estimate(name: str, run: Run, scoring_ms: float, step_ms: float, backward_ms: float, rows: int,

@@ -40,7 +40,6 @@ def main(argv: Sequence[str] | None = None) -> Estimate:
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw", help="the training step's")
     parser.add_argument("--lr", type=float, default=1e-3, help="the optimizer's learning rate")
     parser.add_argument("--steps", type=int, default=48, help="loader batches of each policy's selective run")
-    parser.add_argument("--reps", type=int, default=10, help="timed plain steps")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     model = _factory(args.model)().to(device)
@@ -59,8 +58,7 @@ def main(argv: Sequence[str] | None = None) -> Estimate:
         return kind(params, lr=lr)
 
     optimizer.__name__ = f"{kind.__name__}(lr={lr:g})"
-    report = estimate(model, batch, backward_batch_size=args.backward_batch, optimizer=optimizer, steps=args.steps,
-                      reps=args.reps)  # fmt: skip
+    report = estimate(model, batch, backward_batch_size=args.backward_batch, optimizer=optimizer, steps=args.steps)
     print(report)
     return report
 

@@ -87,13 +87,14 @@ def selective_run(
     return run
 
 
-def plain_step_seconds(
-    trainee: Trainee, batch: Batch, steps: LoopSteps, warmup: int, reps: int, timer: Callable[[], float]
+def plain_run(
+    trainee: Trainee, batches: Iterable[Any], steps: LoopSteps, timer: Callable[[], float], warmup: int
 ) -> list[float]:
-    """A plain training step at the loader batch, on a copy: what selection is compared with."""
+    """Plain training of a copy over ``batches`` (every row, every batch): the seconds of each step after the
+    first ``warmup``. What selection is compared with, measured as the selective runs are."""
     model, optimizer = trainee.copy()
     times = []
-    for i in range(warmup + reps):
+    for i, batch in enumerate(batches):
         start = timer()
         float(steps.train(model, optimizer, batch))  # float(): the step has finished
         if i >= warmup:
