@@ -168,7 +168,9 @@ def test_the_accuracy_benchmark_runs_and_writes_its_table(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        rows = estimate_check.main(["--models", "mlp", "--batches", "8", "--out", str(tmp_path / "check")])
+        rows = estimate_check.main(
+            ["--models", "mlp", "--batches", "8", "--rounds", "1", "--out", str(tmp_path / "check")]
+        )
     finally:
         torch.set_num_threads(threads)  # the benchmark measures on one thread
     assert [(r["b"], r["policy"]) for r in rows] == [(64, "SB(beta=1)"), (64, "Uniform(0.5)"), (32, "SB(beta=1)"),
