@@ -1,6 +1,6 @@
 """Is ``sbkernels.estimate`` right on models it was not developed on? Its prediction against measured loops.
 
-    python -m benchmarks.estimate_check [--batches 50] [--rounds 2] [--models mlp,cnn,resnet18,gpt2] [--out ...]
+    python -m benchmarks.estimate_check [--batches 50] [--rounds 3] [--models mlp,cnn,resnet18,gpt2] [--out ...]
 
 Four models, each with a loader of 64 rows per batch: an MLP and a small CNN on scikit-learn's digits, a
 ResNet-18 (CIFAR stem) on the digits in 3 channels (8x8: its step is compute-bound all the same), and a
@@ -9,8 +9,9 @@ ResNet-18 (CIFAR stem) on the digits in 3 channels (8x8: its step is compute-bou
 optimizer, predicts the cost of a loader batch, ``F + s + r (B / b) S_b``, and its ratio to a plain step.
 Then a fresh copy of the model trains for ``--batches`` loader batches (the estimate's horizon: its run's 48
 and 2 warm-up; over the loader's epochs), once plainly and once selectively (the loop written here, not the
-estimate's), and the mean CPU time per loader batch of each is measured. ``--rounds`` rounds of the three,
-averaged. Error: ``predicted / measured - 1``, of the cost and of the ratio. The goal: within 15%.
+estimate's), and the mean CPU time per loader batch of each is measured. ``--rounds`` rounds of the three;
+each quantity's median over the rounds. Error: ``predicted / measured - 1``, of the cost and of the ratio.
+The goal: within 15%.
 
 The keep rate moves as training goes, so a loop longer than the estimate's run can keep more or fewer rows than
 it saw: each row shows both rates by quarter (``--batches 128`` shows the drift).
@@ -191,13 +192,14 @@ def one_round(case: str, b: int, name: str, policy_factory, batches: int) -> dic
 
 
 def check(case: str, b: int, name: str, policy_factory, batches: int, rounds: int) -> dict:
-    """``rounds`` rounds of (estimate, plain loop, selective loop), each quantity's mean over the rounds: the
-    shared machine drifts by 10-25% over minutes, even in CPU time, and rounds spread that over both sides."""
+    """``rounds`` rounds of (estimate, plain loop, selective loop), each quantity's median over the rounds: the
+    shared machine's speed drifts by up to 50% over minutes, even in CPU time (a round's prediction of the same
+    cost read 10.1 and 15.0 ms), and the median of 3 rounds drops one drifted round on either side."""
     made = [one_round(case, b, name, policy_factory, batches) for _ in range(rounds)]
     row: dict = {"model": case, "b": b, "policy": name, "rounds": rounds}
     for key in made[0]:
         values = [m[key] for m in made]
-        row[key] = statistics.fmean(values) if isinstance(values[0], float) else values[0]
+        row[key] = statistics.median(values) if isinstance(values[0], float) else values[0]
     row["predicted_rounds_ms"] = [m["predicted_ms"] for m in made]
     row["measured_rounds_ms"] = [m["measured_ms"] for m in made]
     row["measured_ratio"] = row["measured_ms"] / row["plain_ms"]
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=50, help="loader batches of each measured loop")
     parser.add_argument("--models", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of (estimate, loops) averaged per row")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (estimate, loops); the median per row")
     parser.add_argument("--device", default="cpu", help="cpu (CPU time, one thread) or cuda (wall time, synchronized)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/estimate-cpu"))
     args = parser.parse_args(argv)
@@ -240,7 +242,7 @@ def write(rows: list[dict], out: Path, argv, device: torch.device) -> None:
         "",
         "Loader batch B = 64. Predicted: `F + s + r (B / b) S_b` per loader batch from `estimate` (the model, a batch,",
         "the loader, the optimizer; a 48-batch selective run per policy); measured: the mean CPU time per loader",
-        "batch of a plain and a selective loop over the loader from a fresh model; each row the mean of its rounds",
+        "batch of a plain and a selective loop over the loader from a fresh model; each row the median of 3 rounds",
         "(estimate, plain loop, selective loop; the shared machine drifts over minutes). Goal: |error| <= 15%.",
         "F, S, S_b, s in ms: "
         + (
