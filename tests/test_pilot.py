@@ -98,3 +98,20 @@ def test_the_command_line_runs_the_users_factory():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "repeat 0" in done.stdout and ("paid" in done.stdout or "did not pay" in done.stdout)
+
+
+def test_accumulation_steps_the_optimizer_every_few_backward_batches_in_both_arms():
+    model, loader, optimizer, evaluate = problem(duplicated=True)
+    kwargs = {"budget": 6000, "segment": 3000, "clock": "rows", "policy": sbkernels.SB(beta=2.0),
+              "schedule": sbkernels.Schedule()}  # fmt: skip
+    once = sbkernels.pilot(model, loader, optimizer, evaluate, **kwargs)
+    twice = sbkernels.pilot(model, loader, optimizer, evaluate, accumulate=2, **kwargs)
+    for (plain_1, selective_1), (plain_2, selective_2) in zip(once.curves, twice.curves, strict=True):
+        batches = -(-plain_1.rows_trained // 64)  # the plain arm's backward batches: its loader batches (some short)
+        assert plain_1.optimizer_steps == batches
+        assert plain_2.rows_trained == plain_1.rows_trained  # the same work, half the steps (one per epoch end extra)
+        assert batches // 2 <= plain_2.optimizer_steps <= batches // 2 + 2
+        assert 0 < selective_2.optimizer_steps < selective_1.optimizer_steps
+    assert once.curves[0][0].losses != twice.curves[0][0].losses  # the steps differ, so the learning does
+    with pytest.raises(ValueError, match="accumulate must be an int >= 1"):
+        sbkernels.pilot(model, loader, optimizer, evaluate, accumulate=0, **kwargs)

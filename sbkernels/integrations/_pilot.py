@@ -47,6 +47,7 @@ def trainer_pilot(trainer: Any, budget: float, evaluate: Callable[[Any], float] 
     finally:
         model.train(training)
     sb = trainer.selective_backprop
+    options.setdefault("accumulate", trainer.args.gradient_accumulation_steps)
     return pilot(model, loader, optimizer, evaluate, budget=budget, policy=sb.policy, schedule=sb.schedule,
                  batch_size=sb.batch_size, loop=LoopSteps("hidden" if hidden else "logits"), fields=sb.fields,
                  pad_values=sb.pad_values, **options)  # fmt: skip
@@ -81,6 +82,7 @@ def module_pilot(module: Any, train_loader: Iterable[Any], budget: float, val_lo
                              "evaluate=(module -> held-out loss)")  # fmt: skip
         evaluate = mean_loss(val_loader, lambda model, batch: model.backward_loss(batch))
     sb = module.selective_backprop
+    options.setdefault("accumulate", module.accumulate_grad_batches)
     return pilot(module, train_loader, first_optimizer(module.configure_optimizers()), evaluate, budget=budget,
                  policy=sb.policy, schedule=sb.schedule, batch_size=sb.batch_size, loop=ModuleSteps("module"),
                  fields=sb.fields, pad_values=sb.pad_values, **options)  # fmt: skip

@@ -54,6 +54,7 @@ class Curve:
     times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     rows_trained: int = 0
+    optimizer_steps: int = 0
     rows_seen: int = 0
 
 
@@ -136,6 +137,7 @@ def pilot(
     loop: LoopSteps | None = None,
     fields: tuple[str, ...] | None = None,
     pad_values: PadValues = None,
+    accumulate: int = 1,
 ) -> PilotReport:
     """Train plain and selective copies of ``model`` in alternating segments for ``budget`` (clock units per
     arm) and compare their held-out losses (module doc).
@@ -153,6 +155,8 @@ def pilot(
         repeats: runs from the model's state with seeds ``seed``, ``seed + 1``, ...
         fields, pad_values: the selective arm's :class:`~sbkernels.SelectiveBackprop` options (batches of
             varying length need pad values, e.g. ``{"input_ids": tokenizer.pad_token_id}``).
+        accumulate: backward batches per optimizer step, in both arms (the plain arm's backward batch is a
+            loader batch); an epoch's last step takes what has accumulated. An integration passes its own.
         loop: how a batch is scored and a backward batch's loss taken (an integration passes its own;
             default: a Hugging Face LM from its hidden states, as ``SelectiveBackpropTrainer``, else logits).
     """
@@ -162,13 +166,16 @@ def pilot(
         raise ValueError(f"budget must be a number > 0 (each arm's training time), got {budget!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ValueError(f"accumulate must be an int >= 1 (backward batches per optimizer step), got {accumulate!r}")
     segment = budget / 10 if segment is None else segment
     loop = loop if loop is not None else LoopSteps.for_model(model, next(iter(loader)))
     start = copy.deepcopy(model.state_dict())
     curves = []
     for repeat in range(repeats):
         model.load_state_dict(start)
-        plain, selective = (_Arm(name, Trainee(model, optimizer), loop, loader, clock, seed + repeat) for name in ARMS)
+        plain, selective = (_Arm(name, Trainee(model, optimizer), loop, loader, clock, seed + repeat, accumulate)
+                            for name in ARMS)  # fmt: skip
 
         def selection(rows: int, plain: _Arm = plain, repeat: int = repeat) -> SelectiveBackprop:
             """The selective arm's, made at its first batch: Composer's schedule needs the run's length in
@@ -194,9 +201,11 @@ class _Arm:
     """One arm's copy of the model, its optimizer, its place in the data and its clock."""
 
     def __init__(self, name: str, trainee: Trainee, loop: LoopSteps, loader: Iterable[Any], clock: str,
-                 seed: int) -> None:  # fmt: skip
+                 seed: int, accumulate: int) -> None:  # fmt: skip
         self.name, self.loop, self.loader, self.clock, self.seed = name, loop, loader, clock, seed
         self.model, self.optimizer = trainee.copy()
+        self.optimizer.zero_grad(set_to_none=True)  # a copied model carries the user's gradients
+        self.accumulate, self.pending = accumulate, 0  # backward batches per optimizer step, and since the last
         self.device = next(self.model.parameters()).device
         self.curve = Curve(name)
         self.elapsed = 0.0
@@ -239,6 +248,8 @@ class _Arm:
                 for ready in self.sb.flush():
                     self._step(ready.data, ready.weight)
                 self.sb.start_epoch(self.epoch)
+            if self.pending:  # the epoch's last step takes what has accumulated, as the frameworks do
+                self._apply()
 
     def _train_plain(self, batch: Any) -> float:
         rows = rows_of(batch)
@@ -256,10 +267,20 @@ class _Arm:
         return SCORING_COST * rows + trained
 
     def _step(self, batch: Any, weight: Tensor | None) -> int:
-        self.loop.train(self.model, self.optimizer, batch, weight)
+        """One backward batch: its loss's gradient accumulated, the optimizer stepped every ``accumulate``."""
+        (self.loop.loss(self.model, batch, weight) / self.accumulate).backward()
+        self.pending += 1
+        if self.pending == self.accumulate:
+            self._apply()
         rows = rows_of(batch)
         self.curve.rows_trained += rows
         return rows
+
+    def _apply(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending = 0
+        self.curve.optimizer_steps += 1
 
 
 def _time_to_reach(plain: Curve, selective: Curve) -> float | None:

@@ -99,6 +99,15 @@ def test_the_module_pilot_reaches_the_librarys_verdict(duplicated):
         assert default(module) == pytest.approx(evaluate(module.net), rel=1e-5)
 
 
+def test_the_module_pilot_accumulates_as_the_module_does():
+    module = Classifier(sbkernels.SB())
+    module.accumulate_grad_batches = 3
+    report = module.pilot(problem(True)[1], budget=2000, val_loader=held_out(True), clock="rows")
+    plain, _ = report.curves[0]
+    batches = -(-plain.rows_trained // 64)
+    assert batches // 3 <= plain.optimizer_steps <= batches // 3 + 2
+
+
 def test_the_module_pilot_needs_held_out_data_and_an_optimizer():
     module = Classifier(sbkernels.SB())
     _, train, _, _ = problem(True)
