@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .integrations._lm_scoring import head_transform
+from .integrations._lm_scoring import has_hidden_state_route, head_transform
 from .selection import Selection
 from .trainer import SelectiveBackprop
 
@@ -126,9 +126,7 @@ class LoopSteps:
         has_route = (
             isinstance(batch, Mapping)
             and getattr(batch.get("labels"), "dim", lambda: 0)() == 2
-            and getattr(model, "base_model", model) is not model
-            and callable(getattr(model, "get_output_embeddings", None))
-            and model.get_output_embeddings() is not None
+            and has_hidden_state_route(model)
         )
         if scoring == "hidden" and not has_route:
             raise ValueError("scoring='hidden' needs a dict batch with (B, T) labels and a model with base_model "

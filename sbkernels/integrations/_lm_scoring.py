@@ -78,6 +78,14 @@ def check_label_alignment(
         )
 
 
+def has_hidden_state_route(model: Any) -> bool:
+    """Whether the model has what scoring from hidden states needs: a base model apart from itself, whose
+    ``last_hidden_state`` it returns, and output embeddings (the LM head)."""
+    base = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    return base is not None and base is not model and head is not None
+
+
 def head_transform(model: Any) -> dict[str, Any]:
     """``softcap`` and ``logit_scale`` of a model whose logits are a capped or scaled ``hidden @ W.T``, read from
     its config: Gemma-2/3's ``final_logit_softcapping``, Cohere's ``logit_scale`` (a factor), Granite's

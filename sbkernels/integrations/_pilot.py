@@ -59,12 +59,7 @@ class ModuleSteps(LoopSteps):
     (:meth:`backward_loss`), so that the pilot trains the module as ``training_step`` does (``route="module"``)."""
 
     def scores(self, model: Any, batch: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        scored = model.score(batch)
-        if len(scored) < 3:
-            return scored[0], scored[1], {}
-        head = model.head_transform()
-        return scored[0], scored[1], {"lm_head": scored[2], "softcap": head.get("softcap"),
-                                      "logit_scale": head.get("logit_scale", 1.0)}  # fmt: skip
+        return model._scored(batch)  # as training_step observes
 
     def loss(self, model: Any, batch: Any, weight: Tensor | None = None) -> Tensor:
         # an override of backward_loss may take no weight: it then serves unweighted policies only

@@ -69,6 +69,7 @@ from ._lm_scoring import (
     HIDDEN_STATE_TOLERANCE,
     check_label_alignment,
     declared_shift,
+    has_hidden_state_route,
     head_transform,
     hidden_state_error,
 )
@@ -253,14 +254,13 @@ class SelectiveBackpropTrainer(Trainer):
             if self.scoring == "hidden":
                 raise ValueError("scoring='hidden' reads the whole LM head, which FSDP shards: use scoring='logits'")
             return False
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        base = getattr(model, "base_model", None)
-        if head is None or base is None or base is model:
+        if not has_hidden_state_route(model):
             if self.scoring == "hidden":
                 raise ValueError("scoring='hidden' needs a model with output embeddings and a base model")
             return False
+        head = model.get_output_embeddings()
         inputs = {key: value for key, value in batch.items() if key != "labels"}
-        hidden = base(**inputs).last_hidden_state
+        hidden = model.base_model(**inputs).last_hidden_state
         error = hidden_state_error(out.logits, hidden, head, labels, policy, **head_transform(model))
         if error <= HIDDEN_STATE_TOLERANCE:
             return True

@@ -107,6 +107,14 @@ class SelectiveBackpropModule(L.LightningModule):
         Cohere's ``logit_scale``, Granite's ``logits_scaling``); override for another model."""
         return head_transform(getattr(self, "model", None))
 
+    def _scored(self, batch: Any) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """:meth:`score`'s output as ``observe`` takes it: (scores, targets, the LM head and its transform when
+        :meth:`score` returned hidden states)."""
+        scored = self.score(batch)
+        if len(scored) < 3:
+            return scored[0], scored[1], {}
+        return scored[0], scored[1], {"lm_head": scored[2], **self.head_transform()}
+
     def backward_loss(self, batch: Any, weight: Tensor | None = None) -> Tensor:
         """The training loss of one backward batch: the mean over its rows, or, when ``weight`` is given, the
         weighted sum ``(weight * per_row_loss).sum()`` (weighted policies such as ``Importance``, and every
@@ -148,13 +156,9 @@ class SelectiveBackpropModule(L.LightningModule):
         self.eval()
         try:
             with torch.no_grad(), self.trainer.precision_plugin.forward_context():
-                scored = self.score(batch)
-                lm_head = scored[2] if len(scored) == 3 else None
+                scores, targets, head = self._scored(batch)
                 # observe inside the precision context: the LM head is applied as the model applies it
-                head = self.head_transform() if lm_head is not None else {}
-                sb.observe(scored[0], scored[1], *(batch if isinstance(batch, tuple | list) else (batch,)),
-                           lm_head=lm_head, softcap=head.get("softcap"),
-                           logit_scale=head.get("logit_scale", 1.0))  # fmt: skip
+                sb.observe(scores, targets, *(batch if isinstance(batch, tuple | list) else (batch,)), **head)
         finally:
             self.train(training)
         self.engine.remember_filler(batch)
